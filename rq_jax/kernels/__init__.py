@@ -1,0 +1,1 @@
+"""Hand-written kernels (Pallas) with plain-jnp references beside them."""

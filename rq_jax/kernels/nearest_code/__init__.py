@@ -1,0 +1,121 @@
+"""Nearest-code search: `nearest_code(z, codebook, impl=...)`, the hot spot of residual quantization.
+
+Three implementations return the same indices (ties to the lowest index):
+  * "xla":        `reference.py`, plain jnp, chunked over the codebook (runs everywhere);
+  * "pallas_gpu": `pallas_gpu.py`, a fused Triton kernel, running (min, argmin) over codebook tiles;
+  * "pallas_tpu": `pallas_tpu.py`, the same on TPU through Mosaic.
+"auto" picks the Pallas kernel of the default backend (GPU/TPU) and the reference elsewhere;
+"pallas" picks the Pallas kernel of the default backend. None of them builds the N x K matrix
+(the reference holds one N x block_k tile at a time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rq_jax.kernels.nearest_code.reference import (
+    default_block_k,
+    gumbel_from_uniform,
+    hash_uniform,
+    nearest_code_reference,
+)
+
+IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
+
+__all__ = [
+    "IMPLS",
+    "default_block_k",
+    "gumbel_from_uniform",
+    "hash_uniform",
+    "nearest_code",
+    "nearest_code_reference",
+    "resolve_impl",
+]
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """Maps "auto"/"pallas" to a concrete implementation for `backend` (default: JAX's default)."""
+    if impl not in IMPLS:
+        raise ValueError(f"Unknown nearest_code impl {impl!r}; choose one of {', '.join(IMPLS)}.")
+    backend = backend or jax.default_backend()
+    if impl in ("auto", "pallas"):
+        if backend == "gpu" or backend == "cuda":
+            return "pallas_gpu"
+        if backend == "tpu":
+            return "pallas_tpu"
+        if impl == "pallas":
+            raise ValueError(
+                f"impl='pallas' needs a GPU or TPU backend, but JAX's backend is {backend!r}; "
+                "use impl='xla' (or 'auto'), or pass interpret=True to run a Pallas kernel on the CPU."
+            )
+        return "xla"
+    return impl
+
+
+def nearest_code(
+    z: jax.Array,
+    codebook_KxC: jax.Array,
+    *,
+    impl: str = "auto",
+    return_distance: bool = False,
+    gumbel_seed: jax.Array | int | None = None,
+    temperature: float = 1.0,
+    block_k: int | None = None,
+    block_config: Any = None,
+    interpret: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Index of the nearest codebook row for every vector of `z` [..., C].
+
+    Args:
+      z: features [..., C] (any float dtype; distances are computed in float32).
+      codebook_KxC: the codebook [K, C].
+      impl: "auto" | "xla" | "pallas" | "pallas_gpu" | "pallas_tpu".
+      return_distance: also return the squared distance to the chosen code.
+      gumbel_seed: if given, sample k ~ softmax(-||z - e_k||^2 / temperature) by Gumbel-max with
+        hash-based noise (identical across implementations) instead of taking the argmin.
+      temperature: the softmax temperature of the Gumbel-max variant (> 0).
+      block_k: codebook chunk of the reference (default: bounded N x block_k tile).
+      block_config: the Pallas kernel's block sizes (`GpuBlockConfig` / `TpuBlockConfig`).
+      interpret: run a Pallas kernel in interpret mode (CPU testing).
+
+    Returns:
+      indices [...] int32, and the squared distances [...] float32 when `return_distance`.
+    """
+    if z.ndim < 1 or codebook_KxC.ndim != 2:
+        raise ValueError(
+            f"nearest_code expects features [..., C] and a codebook [K, C]; got shapes {z.shape} and "
+            f"{codebook_KxC.shape}."
+        )
+    if z.shape[-1] != codebook_KxC.shape[-1]:
+        raise ValueError(
+            f"Feature dimension {z.shape[-1]} does not match the codebook's embedding dimension "
+            f"{codebook_KxC.shape[-1]} (features {z.shape}, codebook {codebook_KxC.shape})."
+        )
+    if gumbel_seed is not None and not temperature > 0:
+        raise ValueError(f"The Gumbel-max temperature must be > 0, got {temperature}.")
+    impl = resolve_impl(impl) if not (interpret and impl == "pallas") else "pallas_gpu"
+
+    lead = z.shape[:-1]
+    z_NxC = z.reshape(-1, z.shape[-1])
+    kwargs = dict(gumbel_seed=gumbel_seed, temperature=temperature)
+    if impl == "xla":
+        idx_N, dist_N = nearest_code_reference(z_NxC, codebook_KxC, block_k=block_k, **kwargs)
+    elif impl == "pallas_gpu":
+        from rq_jax.kernels.nearest_code import pallas_gpu
+
+        idx_N, dist_N = pallas_gpu.nearest_code_gpu(
+            z_NxC, codebook_KxC, config=block_config, interpret=interpret, **kwargs
+        )
+    else:
+        from rq_jax.kernels.nearest_code import pallas_tpu
+
+        idx_N, dist_N = pallas_tpu.nearest_code_tpu(
+            z_NxC, codebook_KxC, config=block_config, interpret=interpret, **kwargs
+        )
+    idx = idx_N.reshape(lead).astype(jnp.int32)
+    if return_distance:
+        return idx, dist_N.reshape(lead)
+    return idx
