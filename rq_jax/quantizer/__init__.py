@@ -1,0 +1,48 @@
+"""Pure functional residual quantization: arrays and pytrees in, arrays and pytrees out."""
+
+from rq_jax.quantizer.codebook import (
+    CodebookState,
+    cluster_statistics,
+    codebook_usage,
+    ema_accumulate,
+    ema_dead_codes,
+    ema_update,
+    embedding_from_ema,
+    init_codebook,
+    restart_candidates,
+    restart_unused,
+)
+from rq_jax.quantizer.residual import (
+    RQOutput,
+    commitment_loss,
+    rq_decode,
+    rq_encode,
+    rq_quantize,
+    rq_quantize_train,
+    straight_through,
+)
+from rq_jax.quantizer.soft import rq_soft_codes, sample_codes, soft_labels, squared_distances
+
+__all__ = [
+    "CodebookState",
+    "RQOutput",
+    "cluster_statistics",
+    "codebook_usage",
+    "commitment_loss",
+    "ema_accumulate",
+    "ema_dead_codes",
+    "ema_update",
+    "embedding_from_ema",
+    "init_codebook",
+    "restart_candidates",
+    "restart_unused",
+    "rq_decode",
+    "rq_encode",
+    "rq_quantize",
+    "rq_quantize_train",
+    "rq_soft_codes",
+    "sample_codes",
+    "soft_labels",
+    "squared_distances",
+    "straight_through",
+]

@@ -1,0 +1,104 @@
+"""Soft labels Q_tau(k | r) and stochastic code sampling (paper Sec. 3.2.3).
+
+  Q_tau(k | r) = softmax_k(-||r - e(k)||^2 / tau)
+
+`rq_soft_codes` walks the depths like residual quantization, returning the soft label of every
+depth (the stage-2 training target) and the codes: the argmin (deterministic) or a draw from Q_tau
+(stochastic sampling). As tau -> 0 the draw becomes the argmin exactly (the logits are shifted by
+the minimum distance, so they stay finite and the gap between codes grows as 1/tau).
+`sample_codes` draws the same distribution without materialising N x K, through the nearest-code
+kernel's Gumbel-max variant (for large-scale code extraction).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rq_jax.kernels.nearest_code import nearest_code
+from rq_jax.quantizer.residual import check_inputs
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"The soft-label temperature tau must be > 0, got {temperature}.")
+
+
+def squared_distances(r: jax.Array, codebook_KxC: jax.Array) -> jax.Array:
+    """||r - e(k)||^2 for every code [..., K], float32 (materialises [..., K]: soft labels need it)."""
+    rf = r.astype(jnp.float32)
+    e = codebook_KxC.astype(jnp.float32)
+    dot = jnp.einsum("...c,kc->...k", rf, e, precision=_HIGHEST)
+    return jnp.sum(rf * rf, -1, keepdims=True) + jnp.sum(e * e, -1) - 2.0 * dot
+
+
+def soft_labels(r: jax.Array, codebook_KxC: jax.Array, temperature: float) -> jax.Array:
+    """Q_tau(. | r) [..., K] for residuals r [..., C]."""
+    _check_temperature(temperature)
+    return jax.nn.softmax(-squared_distances(r, codebook_KxC) / temperature, axis=-1)
+
+
+def rq_soft_codes(
+    z: jax.Array,
+    codebook_KxC: jax.Array,
+    depth: int,
+    temperature: float,
+    *,
+    stochastic: bool = False,
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Soft labels [..., D, K] and codes [..., D] of features z [..., C].
+
+    Deterministic codes are the argmin (ties to the lowest index); stochastic codes are drawn from
+    Q_tau at every depth (needs `rng`). Gradients are stopped (these are training targets).
+    """
+    check_inputs(z, codebook_KxC, depth)
+    _check_temperature(temperature)
+    if stochastic and rng is None:
+        raise ValueError("Stochastic code sampling needs a PRNG key: pass rng=..., or stochastic=False.")
+    emb = jax.lax.stop_gradient(codebook_KxC).astype(jnp.float32)
+    residual = jax.lax.stop_gradient(z).astype(jnp.float32)
+    rngs = jax.random.split(rng, depth) if stochastic else [None] * depth
+    softs, codes = [], []
+    for d in range(depth):
+        dist = squared_distances(residual, emb)
+        logits = -(dist - jnp.min(dist, axis=-1, keepdims=True)) / temperature
+        softs.append(jax.nn.softmax(logits, axis=-1))
+        if stochastic:
+            idx = jax.random.categorical(rngs[d], logits, axis=-1).astype(jnp.int32)
+        else:
+            idx = jnp.argmin(dist, axis=-1).astype(jnp.int32)
+        residual = residual - jnp.take(emb, idx, axis=0)
+        codes.append(idx)
+    return jnp.stack(softs, axis=-2), jnp.stack(codes, axis=-1)
+
+
+def sample_codes(
+    z: jax.Array,
+    codebook_KxC: jax.Array,
+    depth: int,
+    temperature: float,
+    seed: jax.Array | int,
+    *,
+    impl: str = "auto",
+) -> jax.Array:
+    """Stochastic codes [..., D] drawn from Q_tau without the N x K matrix (Gumbel-max kernel).
+
+    `seed` is a uint32 scalar; depth d uses seed + d. Same distribution as
+    `rq_soft_codes(..., stochastic=True)`, different random stream.
+    """
+    check_inputs(z, codebook_KxC, depth)
+    _check_temperature(temperature)
+    emb = jax.lax.stop_gradient(codebook_KxC).astype(jnp.float32)
+    residual = jax.lax.stop_gradient(z).astype(jnp.float32)
+    seed = jnp.asarray(seed, jnp.uint32)
+    codes = []
+    for d in range(depth):
+        idx = nearest_code(
+            residual, emb, impl=impl, gumbel_seed=seed + jnp.uint32(d), temperature=temperature
+        )
+        residual = residual - jnp.take(emb, idx, axis=0)
+        codes.append(idx)
+    return jnp.stack(codes, axis=-1)
