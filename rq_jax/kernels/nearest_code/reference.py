@@ -37,8 +37,9 @@ def hash_uniform(seed: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array
     x = x ^ (x >> 15)
     x = x * jnp.uint32(0x846CA68B)
     x = x ^ (x >> 16)
-    # 24 high-quality bits -> (0, 1), never exactly 0 or 1.
-    return ((x >> 8).astype(jnp.float32) + 0.5) * jnp.float32(1.0 / (1 << 24))
+    # 24 high-quality bits -> (0, 1), never exactly 0 or 1. They fit an int32 exactly; converting through
+    # int32 gives the same floats and avoids an unsigned -> float cast that not all Pallas backends lower.
+    return ((x >> 8).astype(jnp.int32).astype(jnp.float32) + 0.5) * jnp.float32(1.0 / (1 << 24))
 
 
 def gumbel_from_uniform(u: jax.Array) -> jax.Array:

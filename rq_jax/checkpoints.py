@@ -1,0 +1,176 @@
+"""Orbax checkpointing of the train state and the data iterator, resume order and preemption.
+
+Resume order (`restore_or_init`), first match wins:
+  1. the latest complete checkpoint in `<workdir>/checkpoints` (a restart after preemption);
+  2. `config.init_from`, a checkpoint directory of another run (e.g. LSUN finetuned from ImageNet):
+     only the train state's model parts are taken, the step and the data position start fresh;
+  3. a fresh initialisation.
+A checkpoint that cannot be read raises one clear error and deletes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be used; the message names it and the fix."""
+
+
+def _manager(directory: epath.PathLike, *, max_to_keep: int | None, async_save: bool, with_data: bool):
+    items = ("state", "data") if with_data else ("state",)
+    handlers: dict[str, Any] = {"state": ocp.StandardCheckpointHandler()}
+    if with_data:
+        handlers["data"] = grain.checkpoint.CheckpointHandler()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+    )
+    return ocp.CheckpointManager(
+        epath.Path(directory), options=options, item_names=items, item_handlers=handlers
+    )
+
+
+class Checkpointer:
+    """Saves and restores `{"state": pytree of arrays, "data": grain iterator}` under `<workdir>/checkpoints`."""
+
+    def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True, with_data: bool = True):
+        self.directory = epath.Path(workdir) / "checkpoints"
+        self.with_data = with_data
+        self.manager = _manager(self.directory, max_to_keep=max_to_keep, async_save=async_save, with_data=with_data)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter: Any = None, *, force: bool = False) -> bool:
+        args = {"state": ocp.args.StandardSave(state)}
+        if self.with_data and data_iter is not None:
+            args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+    def restore(self, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
+        """Restores `state` (onto the shardings of `abstract_state`) and the iterator in place."""
+        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        if self.with_data and data_iter is not None:
+            args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # noqa: BLE001 - re-raised with the path and the fix
+            raise CheckpointError(
+                f"The checkpoint {self.directory / str(step)} could not be restored ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); move that step directory aside to resume from "
+                "an earlier step, or start with a new --workdir (nothing was deleted)."
+            ) from e
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def restore_or_init(
+    ckpt: Checkpointer,
+    abstract_state: Any,
+    init_fn: Callable[[], Any],
+    data_iter: Any = None,
+    *,
+    init_from: str = "",
+    init_from_keys: Iterable[str] = (),
+    step_of: Callable[[Any], int] = lambda s: int(s["step"]),
+) -> tuple[Any, int, str]:
+    """Returns (state, step, how) following the resume order documented in this module."""
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, abstract_state, data_iter)
+        return state, step_of(state), f"resumed from {ckpt.directory / str(latest)}"
+    state = init_fn()
+    if init_from:
+        keys = tuple(init_from_keys)
+        parts = restore_partial(init_from, {k: abstract_state[k] for k in keys})
+        state = {**state, **parts}
+        return state, 0, f"initialised {', '.join(keys)} from {init_from}"
+    return state, 0, "initialised from scratch"
+
+
+def restore_partial(path: str, abstract_part: dict[str, Any]) -> dict[str, Any]:
+    """Restores the top-level keys of `abstract_part` from a run's checkpoint (`…/checkpoints[/STEP]`).
+
+    The whole saved tree is read without a target and the requested keys are placed onto the
+    shardings of `abstract_part`, so the source run may have had other optimizer settings.
+    """
+    root = epath.Path(path)
+    if not root.exists():
+        raise CheckpointError(
+            f"config.init_from points to {path}, which does not exist; give the checkpoints directory of a "
+            "finished run (WORKDIR/checkpoints or one step inside it) or set config.init_from=''."
+        )
+    if not root.name.isdigit():
+        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+        if not steps:
+            raise CheckpointError(
+                f"config.init_from={path} holds no checkpoint steps; point it at WORKDIR/checkpoints."
+            )
+        root = root / str(steps[-1])
+    try:
+        tree = ocp.StandardCheckpointer().restore(root / "state")
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"config.init_from={path}: {root / 'state'} could not be read ({e}).") from e
+    out = {}
+    for k, abstract in abstract_part.items():
+        if k not in tree:
+            raise CheckpointError(f"config.init_from={path} has no '{k}' entry (it has {sorted(tree)}).")
+        src_shapes = jax.tree.map(lambda a: tuple(a.shape), tree[k])
+        dst_shapes = jax.tree.map(lambda a: tuple(a.shape), abstract)
+        if src_shapes != dst_shapes:
+            raise CheckpointError(
+                f"config.init_from={path}: '{k}' has other shapes than this config's model; the two "
+                "configs must describe the same architecture."
+            )
+        out[k] = jax.tree.map(lambda a, ab: jax.device_put(a, ab.sharding), tree[k], abstract)
+    return out
+
+
+class PreemptionGuard:
+    """Turns SIGTERM (and SIGINT) into a flag the training loop polls: save, then exit cleanly.
+
+    On multi-host runs, `should_stop(step)` also consults JAX's preemption sync point so every
+    host stops at the same step.
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,)):
+        self._event = threading.Event()
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in signals:
+                self._previous[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+        self._event.set()
+
+    def should_stop(self, step: int) -> bool:
+        if self._event.is_set():
+            return True
+        if jax.process_count() > 1:
+            try:
+                from jax.experimental import multihost_utils
+
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except Exception:  # noqa: BLE001 - no preemption service configured
+                return False
+        return False
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
