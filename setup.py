@@ -24,6 +24,9 @@ setup(
         "tensorboard>=2.18; sys_platform == 'linux'",
         "numpy>=1.26",
         "pillow>=10.0",
+        # rq_jax.data's embedded datasets: emoji font cmap/ligatures, and the digits fallback.
+        "fonttools>=4.40",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "test": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.11", "scikit-learn>=1.3"],

@@ -1,0 +1,107 @@
+"""Shared config skeletons: every config file starts from these and overrides what its paper row says.
+
+`rqvae_config()` lists every field the stage-1 trainer reads, with the paper's ImageNet recipe as
+defaults; `check_known_keys` turns a misspelt key into one clear error naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from rq_jax.data.pipeline import default_config as data_default_config
+from rq_jax.models.rqvae import rqvae_model_config
+
+
+def rqvae_config() -> ml_collections.ConfigDict:
+    """Stage 1 (RQ-VAE): the paper's ImageNet 256x256 8x8x4 K=16384 recipe (Sec. 4, appendix A)."""
+    c = ml_collections.ConfigDict()
+    c.stage = "rqvae"
+    c.seed = 0
+    c.init_from = ""  # checkpoints dir of another run to start from (e.g. LSUN finetuned from ImageNet)
+
+    c.model = rqvae_model_config()
+    c.data = data_default_config()
+    c.data.name = "tfds"
+    c.data.tfds_name = "imagenet2012"
+    c.data.image_size = 256
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.recon = "l1"  # "l1" | "l2"
+    c.loss.beta = 0.25  # commitment weight
+    c.loss.perceptual_weight = 1.0  # LPIPS; 0 disables it (no weight file needed)
+    c.loss.lpips_path = "~/.cache/rq_jax/lpips_vgg16.npz"
+    c.loss.adv_weight = 0.75
+    c.loss.adaptive_weight = True  # VQGAN's gradient-norm ratio at the decoder's last layer
+    c.loss.disc_start = 0  # step from which the discriminator trains and the adversarial loss counts
+    c.loss.disc_loss = "hinge"  # "hinge" | "vanilla"
+    c.loss.disc_norm = "batch"  # "batch" (official) | "group" | "layer" | "none"
+    c.loss.disc_layers = 2  # the official configs use 2 (taming default 3)
+    c.loss.disc_ndf = 64
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 128  # global
+    c.train.num_epochs = 10.0
+    c.train.num_steps = -1  # > 0 overrides num_epochs
+    c.train.lr = 4e-5
+    c.train.disc_lr = 4e-5
+    c.train.warmup_epochs = 0.5
+    c.train.warmup_steps = -1  # > 0 overrides warmup_epochs
+    c.train.b1 = 0.5
+    c.train.b2 = 0.9
+    c.train.weight_decay = 0.0
+    c.train.grad_clip = 0.0  # global-norm clipping; 0 disables it
+    c.train.log_every = 50
+    c.train.image_every = 1000
+    c.train.eval_every = 1000
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
+    c.train.async_checkpoints = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    return c
+
+
+def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = "") -> None:
+    """Raises ValueError naming the first key of `config` that `reference` does not have."""
+    for key in config.keys():
+        path = f"{prefix}{key}"
+        if key not in reference:
+            raise ValueError(
+                f"Unknown config key 'config.{path}'; check its spelling against rq_jax/config_lib.py "
+                f"(known here: {', '.join(sorted(reference.keys()))})."
+            )
+        sub, ref = config[key], reference[key]
+        if isinstance(sub, ml_collections.ConfigDict) and isinstance(ref, ml_collections.ConfigDict) and key != "shape":
+            check_known_keys(sub, ref, path + ".")
+
+
+def runlocal(config: ml_collections.ConfigDict, **train: Any) -> ml_collections.ConfigDict:
+    """Shrinks a stage-1 config to CPU-test size (the `runlocal` variant of every config file)."""
+    c = config
+    c.model.update(dict(resolution=32, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                        z_channels=32, embed_dim=32, codebook_size=64))
+    f = 2 ** (len(c.model.ch_mult) - 1)
+    c.model.code_shape = (32 // f, 32 // f, c.model.code_shape[2])
+    c.data.name = "digits"
+    c.data.image_size = 32
+    c.data.limit = 256
+    c.loss.perceptual_weight = 0.0
+    c.loss.disc_ndf = 8
+    c.loss.disc_start = 1  # step 0 without, step 1 with the discriminator: both paths run
+    c.loss.disc_layers = 2
+    c.loss.disc_norm = "group"
+    c.train.batch_size = 8
+    c.train.num_steps = 2
+    c.train.warmup_steps = 1
+    c.train.log_every = 1
+    c.train.image_every = 2
+    c.train.eval_every = 2
+    c.train.eval_batches = 1
+    c.train.checkpoint_every = 2
+    c.train.async_checkpoints = False
+    c.train.update(train)
+    return c
