@@ -1,24 +1,37 @@
-# `make test` and `make lint` create (or reuse) .venv and run inside it.
+# `make demo`, `make test` and `make lint` create (or reuse) .venv and run inside it.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_DIR ?= workdirs/demo
 
-.PHONY: test lint venv clean
+.PHONY: test lint venv demo font clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	# torch only for the converter tests; the pinned CPU build avoids a multi-GB CUDA download
+	$(BIN)/pip install -q 'torch==2.13.0' || echo "torch not installed: converter tests will be skipped"
+	$(BIN)/pip install -q -e '.[test,convert]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The emoji font for the embedded dataset (Debian/Ubuntu, as root); without it the digits are used.
+font:
+	@if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q fonts-noto-color-emoji libfribidi0 >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fonts-noto-color-emoji libfribidi0 >/dev/null 2>&1) || \
+	  echo "could not install fonts-noto-color-emoji: the demo will use the digits"; fi
+
+test: $(STAMP) font
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check rq_jax tests benchmarks configs
 
+demo: $(STAMP) font
+	$(BIN)/python -m rq_jax.train --config configs/rqvae/demo.py --workdir $(DEMO_DIR)/rqvae
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .pytest_data

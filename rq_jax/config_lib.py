@@ -105,3 +105,62 @@ def runlocal(config: ml_collections.ConfigDict, **train: Any) -> ml_collections.
     c.train.async_checkpoints = False
     c.train.update(train)
     return c
+
+
+def parse_arg(arg: str | None) -> set[str]:
+    """`get_config("runlocal,50ep")` -> {"runlocal", "50ep"}."""
+    return {a.strip() for a in (arg or "").split(",") if a.strip()}
+
+
+def imagenet_rqvae(code_shape: tuple[int, int, int], arg: str | None, *, codebook_size: int = 16384):
+    """ImageNet 256x256 RQ-VAE with the paper's recipe (10 epochs; arg "50ep" for the 50-epoch model).
+
+    The latent grid sets the number of down-sampling levels: 8x8 is f=32 (ch_mult of 6 levels, the
+    paper's extra block), 16x16 is f=16 (VQGAN's 5 levels).
+    """
+    args = parse_arg(arg)
+    c = rqvae_config()
+    levels = {8: (1, 1, 2, 2, 4, 4), 16: (1, 1, 2, 2, 4)}
+    c.model.ch_mult = levels[code_shape[0]]
+    c.model.attn_resolutions = (code_shape[0],)  # attention at the latent resolution (VQGAN: 16, RQ-VAE: 8)
+    c.model.code_shape = tuple(code_shape)
+    c.model.codebook_size = codebook_size
+    c.train.num_epochs = 50.0 if "50ep" in args else 10.0
+    if "runlocal" in args:
+        runlocal(c)
+    return c
+
+
+def ffhq_rqvae(arg: str | None):
+    """FFHQ 256x256 8x8x4, K=2048: 150 epochs, 5 warm-up epochs, attention at 16 and 8 (App. A)."""
+    c = imagenet_rqvae((8, 8, 4), None, codebook_size=2048)
+    c.model.attn_resolutions = (16, 8)
+    c.data.name = "folder"
+    c.data.folder = "/path/to/ffhq/images1024x1024"
+    c.data.min_crop_scale = 0.75
+    c.train.num_epochs = 150.0
+    c.train.warmup_epochs = 5.0
+    if "runlocal" in parse_arg(arg):
+        runlocal(c)
+    return c
+
+
+def lsun_rqvae(category: str, arg: str | None):
+    """LSUN-{church, cat, bedroom}: the ImageNet RQ-VAE finetuned for 1 epoch at lr 4e-6 (App. A).
+
+    Set `--config.init_from=WORKDIR_OF_IMAGENET/checkpoints` (defaults to ./workdirs/rqvae_imagenet_8x8x4).
+    """
+    c = imagenet_rqvae((8, 8, 4), None)
+    c.data.name = "tfds"
+    c.data.tfds_name = f"lsun/{category}"
+    c.data.tfds_eval_split = "train[-5000:]"
+    c.data.tfds_train_split = "train[:-5000]"
+    c.init_from = "./workdirs/rqvae_imagenet_8x8x4/checkpoints"
+    c.train.num_epochs = 1.0
+    c.train.lr = 4e-6
+    c.train.disc_lr = 4e-6
+    c.train.warmup_epochs = 0.0
+    if "runlocal" in parse_arg(arg):
+        runlocal(c)
+        c.init_from = ""
+    return c

@@ -6,7 +6,6 @@ logging-only writer so multi-host runs write one set of files.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from typing import Any
@@ -86,5 +85,4 @@ def psnr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def log_line(msg: str) -> None:
     if jax.process_index() == 0:
-        logging.info(msg)
         print(msg, flush=True)

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     del argv
     if _CONFIG.value is None or not _WORKDIR.value:
         sys.exit("Usage: python -m rq_jax.train --config configs/rqvae/demo.py --workdir /tmp/rqvae_demo")
-    logging.set_verbosity(logging.INFO)
+    logging.set_verbosity(logging.WARNING)  # our progress lines are printed; orbax's INFO is noise
     _maybe_initialize_distributed()
     config = _CONFIG.value
     stage = config.get("stage", None)

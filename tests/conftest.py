@@ -14,6 +14,12 @@ import pytest  # noqa: E402
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
 
+# Trainer tests compile the same step several times (resume, SIGTERM, configs): a persistent
+# compilation cache (ignored by git) turns the repeats into cache hits.
+_CACHE = pathlib.Path(__file__).parent.parent / ".pytest_data" / "jax_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a slower test (still run in CI)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUBCOMMANDS = {"lpips": "rq_jax.convert.lpips"}
+SUBCOMMANDS = {"lpips": "rq_jax.convert.lpips", "inception": "rq_jax.convert.inception"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from rq_jax import checkpoints, losses, metrics, sharding
@@ -308,24 +309,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = metrics.Progress(total, start)
     guard = checkpoints.PreemptionGuard()
     last_saved, scalars = start if ckpt.latest_step() is not None else None, {}
-    step = start
+    step, pending = start, []
     try:
         while step < total:
             local = next(data_iter)
             batch = sharding.global_batch(mesh, {"image": local["image"]})
             state, m = step_fn(state, batch, lpips_state)
+            pending.append(m)  # device arrays: no host sync until the log step
             step += 1
             if step % tc.log_every == 0 or step == total:
-                m = jax.device_get(m)
-                if not all(np.isfinite(v) for v in m.values()):
-                    bad = [k for k, v in m.items() if not np.isfinite(v)]
+                m = {k: float(np.mean([p[k] for p in jax.device_get(pending)])) for k in pending[0]}
+                pending.clear()
+                bad = [k for k, v in m.items() if not np.isfinite(v)]
+                if bad:
                     raise TrainingDiverged(
-                        f"Training diverged at step {step}: {', '.join(bad)} became NaN/Inf; the last good "
+                        f"Training diverged by step {step}: {', '.join(bad)} became NaN/Inf; the last good "
                         f"checkpoint is step {last_saved} in {ckpt.directory} (left intact): lower "
                         "config.train.lr or enable config.train.grad_clip and restart."
                     )
                 m["lr"] = float(lr_gen(step))
                 m["skipped_images"] = info.skipped.count
+                m["steps_per_sec"] = progress.rate(step)
                 writer.write_scalars(step, m)
                 metrics.log_line(progress.line(step, {k: m[k] for k in ("loss", "rec_loss", "commit_loss",
                                                                         "psnr", "d_loss")}))
@@ -352,3 +356,61 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump({k: float(v) for k, v in scalars.items()} | {"step": step}, f, indent=2)
     return {k: float(v) for k, v in scalars.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Loading a trained model (evaluation, reconstruction, stage 2)
+# ---------------------------------------------------------------------------------------------------
+def load_rqvae(workdir: str, step: int | None = None) -> tuple[RQVAE, ml_collections.ConfigDict, int]:
+    """The RQ-VAE (with its codebook) of a stage-1 run directory, at `step` (default: the latest).
+
+    Reads `<workdir>/config.json` and restores only the generator and codebook from the checkpoint,
+    without random initialisation (the model is built abstractly and filled from the checkpoint).
+    """
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(
+            f"{cfg_path} does not exist: give the --workdir of a stage-1 training run "
+            "(python -m rq_jax.train --config configs/rqvae/... --workdir DIR)."
+        )
+    with open(cfg_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.get("stage") != "rqvae":
+        raise ValueError(f"{workdir} holds a config.stage={config.get('stage')!r} run, not a stage-1 'rqvae' run.")
+    abstract = nnx.eval_shape(lambda: RQVAE(config.model, rngs=nnx.Rngs(0)))
+    graph, params, codebook = nnx.split(abstract, nnx.Param, CodebookVar)
+    ckpt = checkpoints.Checkpointer(workdir, with_data=False, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; train first or pass another --workdir.")
+    try:
+        tree = ocp.StandardCheckpointer().restore(ckpt.directory / str(step) / "state")
+    except Exception as e:  # noqa: BLE001
+        raise checkpoints.CheckpointError(
+            f"The checkpoint {ckpt.directory / str(step)} could not be read ({type(e).__name__}); "
+            "pick another step or retrain."
+        ) from e
+    ckpt.close()
+    params = _fill(params, tree["gen"], str(ckpt.directory / str(step)))
+    codebook = _fill(codebook, tree["codebook"], str(ckpt.directory / str(step)))
+    return nnx.merge(graph, params, codebook), config, step
+
+
+def _fill(abstract_state: Any, saved: Any, where: str) -> Any:
+    """Looks every abstract leaf up by its path in the restored dict (checking shapes), as that state."""
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
+    out = []
+    for path, leaf in paths_leaves:
+        node = saved
+        for key in path:
+            name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
+            node = node.get(name, node.get(str(name))) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is None or tuple(np.shape(node)) != tuple(leaf.shape):
+            raise checkpoints.CheckpointError(
+                f"The checkpoint {where} does not match the model described by its config.json "
+                f"(at {jax.tree_util.keystr(path)}); it was written by another model configuration."
+            )
+        out.append(jnp.asarray(node, leaf.dtype))
+    return jax.tree.unflatten(treedef, out)

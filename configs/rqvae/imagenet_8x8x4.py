@@ -1,0 +1,14 @@
+"""RQ-VAE, ImageNet 8x8x4, K=16384 (Table 4: rFID 4.73 at 10 epochs, 3.20 at 50).
+
+  python -m rq_jax.train --config configs/rqvae/imagenet_8x8x4.py --workdir ./workdirs/rqvae_imagenet_8x8x4
+  python -m rq_jax.train --config configs/rqvae/imagenet_8x8x4.py:50ep ...      # the 50-epoch schedule
+  python -m rq_jax.train --config configs/rqvae/imagenet_8x8x4.py:runlocal ...  # CPU-sized smoke run
+
+Data: ImageNet prepared as a tfds array_record dataset (`--config.data.data_dir=...`).
+"""
+
+from rq_jax.config_lib import imagenet_rqvae
+
+
+def get_config(arg: str | None = None):
+    return imagenet_rqvae((8, 8, 4), arg)

@@ -1,0 +1,63 @@
+"""Every stage-1 config builds with the paper's numbers, and each runlocal variant trains a step."""
+
+import glob
+import importlib.util
+import json
+import os
+import pathlib
+
+import pytest
+
+from rq_jax.config_lib import check_known_keys, rqvae_config
+from rq_jax.models.rqvae import validate_model_config
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CONFIGS = sorted(glob.glob(str(REPO / "configs" / "rqvae" / "*.py")))
+
+
+def load(path, arg=None):
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+def test_all_paper_settings_exist():
+    names = {pathlib.Path(p).stem for p in CONFIGS}
+    assert {"imagenet_8x8x4", "imagenet_8x8x2", "imagenet_8x8x8", "imagenet_16x16x1", "ffhq_8x8x4",
+            "lsun_church", "lsun_cat", "lsun_bedroom", "demo"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: pathlib.Path(p).stem)
+def test_full_config_builds(path):
+    c = load(path)
+    check_known_keys(c, rqvae_config())
+    validate_model_config(c.model)
+    name = pathlib.Path(path).stem
+    if name.startswith("imagenet"):
+        h, w, d = (int(s) for s in name.split("_")[1].split("x"))
+        assert tuple(c.model.code_shape) == (h, w, d) and c.model.codebook_size == 16384
+        assert c.model.resolution == 256 and c.train.batch_size == 128 and c.train.lr == 4e-5
+        assert (c.train.b1, c.train.b2) == (0.5, 0.9) and c.loss.adv_weight == 0.75
+        assert c.loss.perceptual_weight == 1.0 and c.train.num_epochs == 10
+        assert load(path, "50ep").train.num_epochs == 50
+    if name == "ffhq_8x8x4":
+        assert c.model.codebook_size == 2048 and c.train.num_epochs == 150 and c.train.warmup_epochs == 5
+    if name.startswith("lsun"):
+        assert c.train.lr == 4e-6 and c.train.num_epochs == 1 and c.init_from
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: pathlib.Path(p).stem)
+def test_runlocal_trains_one_step(path, tmp_path):
+    from rq_jax.trainers.rqvae import train
+
+    c = load(path, "runlocal")
+    c.train.num_steps = 1
+    c.data.data_dir = str(REPO / ".pytest_data")  # shared cache of the rendered digits
+    if c.data.name in ("tfds", "folder"):
+        c.data.name = "digits"  # the real datasets are not on a CI machine
+    c.data.limit = 160
+    scalars = train(c, str(tmp_path / "w"))
+    assert scalars["eval/psnr"] > 0
+    assert json.load(open(os.path.join(tmp_path, "w", "eval.json")))["step"] == 1
