@@ -1,0 +1,127 @@
+"""Sampling from an RQ-Transformer: one compiled program per batch, KV caches, top-k/top-p, CFG.
+
+The whole generation is a `lax.fori_loop` over the T = H*W positions with an inner (unrolled) loop
+over the D depths: at each (t, d) the depth transformer's cached step gives logits over the K codes,
+which are filtered (temperature, top-k, top-p — per depth, as in the paper) and sampled; after the D
+codes of a position the spatial transformer's cached step gives the context of the next position.
+With classifier-free guidance the batch runs twice (condition and null condition) and the logits are
+combined as l_null + s * (l_cond - l_null).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rq_jax.models.rq_transformer import RQTransformer
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """temperature, top_k (0: off) and top_p (1.0: off) are scalars or one value per depth."""
+
+    temperature: float | tuple[float, ...] = 1.0
+    top_k: int | tuple[int, ...] = 0
+    top_p: float | tuple[float, ...] = 1.0
+    cfg_scale: float = 1.0  # 1.0: no classifier-free guidance
+
+    def per_depth(self, depth: int) -> list[tuple[float, int, float]]:
+        def expand(v, name):
+            v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * depth
+            if len(v) != depth:
+                raise ValueError(f"Sampling {name} has {len(v)} values but the model has {depth} depths.")
+            return v
+
+        t, k, p = expand(self.temperature, "temperature"), expand(self.top_k, "top_k"), expand(self.top_p, "top_p")
+        for i in range(depth):
+            if not t[i] > 0:
+                raise ValueError(f"Sampling temperature must be > 0, got {t[i]}.")
+            if not 0 < p[i] <= 1:
+                raise ValueError(f"Sampling top_p must be in (0, 1], got {p[i]}.")
+        return list(zip(t, k, p, strict=True))
+
+
+def filter_logits(logits_BxK: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Sets logits outside the top-k and outside the top-p nucleus to -inf (the best code always stays)."""
+    logits = logits_BxK.astype(jnp.float32)
+    k = logits.shape[-1]
+    if 0 < top_k < k:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_desc = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        # keep a code if the mass strictly before it is < top_p (so the first code is always kept)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        cutoff = jnp.min(jnp.where(before < top_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def _sample_impl(graphdef, state, codebook_KxC, cond, rng, *, batch: int, cfg: SamplingConfig):
+    model: RQTransformer = nnx.merge(graphdef, state)
+    h_, w_, depth = model.code_shape
+    guided = cfg.cfg_scale != 1.0
+    per_depth = cfg.per_depth(depth)
+    if guided:
+        if not getattr(model, "cfg_null", False):
+            raise ValueError("cfg_scale != 1 needs a model trained with a null condition (model.cfg_null=True).")
+        null = model.null_cond(batch)
+        cond = jnp.concatenate([cond, null], axis=0)
+    rows = 2 * batch if guided else batch
+    cache = model.init_cache(rows)
+    h, cache = model.spatial_prefill(cache, cond)
+    codes0 = jnp.zeros((batch, h_ * w_, depth), jnp.int32)
+
+    def position(t, carry):
+        cache, h, codes, rng = carry
+        codes_BxD = jnp.zeros((rows, depth), jnp.int32)
+        for d, (temp, top_k, top_p) in enumerate(per_depth):
+            logits, cache = model.depth_step(cache, h, codes_BxD, d, codebook_KxC=codebook_KxC)
+            if guided:
+                lc, lu = logits[:batch], logits[batch:]
+                logits = lu + cfg.cfg_scale * (lc - lu)
+            logits = filter_logits(logits / temp, top_k, top_p)
+            rng, sub = jax.random.split(rng)
+            code = jax.random.categorical(sub, logits, axis=-1).astype(jnp.int32)
+            codes_BxD = codes_BxD.at[:, d].set(jnp.concatenate([code, code]) if guided else code)
+        codes = jax.lax.dynamic_update_slice(codes, codes_BxD[:batch, None], (0, t, 0))
+        h, cache = model.spatial_step(cache, codes_BxD, t, codebook_KxC=codebook_KxC)
+        return cache, h, codes, rng
+
+    _, _, codes, _ = jax.lax.fori_loop(0, h_ * w_, position, (cache, h, codes0, rng))
+    return codes.reshape(batch, h_, w_, depth)
+
+
+_sample_jit = jax.jit(_sample_impl, static_argnums=(0,), static_argnames=("batch", "cfg"))
+
+
+def sample_codes(
+    model: RQTransformer,
+    codebook_KxC: jax.Array,
+    cond: jax.Array | None,
+    rng: jax.Array,
+    *,
+    batch: int,
+    cfg: SamplingConfig = SamplingConfig(),
+) -> jax.Array:
+    """Codes [batch, H, W, D] sampled from the model; `cond` is None, class ids [B] or tokens [B, L]."""
+    graphdef, state = nnx.split(model)
+    if cond is not None:
+        cond = jnp.asarray(cond, jnp.int32)
+        if cond.shape[0] != batch:
+            raise ValueError(f"cond has {cond.shape[0]} rows for a batch of {batch}.")
+    return _sample_jit(graphdef, state, jnp.asarray(codebook_KxC), cond, rng, batch=batch, cfg=cfg)
+
+
+def parse_per_depth(value: str, cast) -> float | tuple:
+    """"512" -> 512; "512,256,128,64" -> (512, 256, 128, 64) (command-line per-depth values)."""
+    parts = [cast(v) for v in str(value).split(",") if v.strip()]
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+__all__: Sequence[str] = ("SamplingConfig", "filter_logits", "parse_per_depth", "sample_codes")

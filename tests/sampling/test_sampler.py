@@ -1,0 +1,63 @@
+"""The compiled KV-cached sampler: greedy = argmax path, seeds reproduce, filters do what they say."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rq_jax.convert.rq_transformer import model_config_from_official, rq_transformer_params_from_official
+from rq_jax.models.rq_transformer import RQTransformer, logits_with_cache
+from rq_jax.sampling import SamplingConfig, filter_logits, sample_codes
+
+
+@pytest.fixture(scope="module")
+def tiny(golden):
+    sd = {k[len("tf/param/"):]: v for k, v in golden.items() if k.startswith("tf/param/")}
+    model = nnx.eval_shape(lambda: RQTransformer(model_config_from_official(sd, num_heads=4), rngs=nnx.Rngs(0)))
+    assert rq_transformer_params_from_official(sd, model) == []
+    codebook = jnp.asarray(golden["vae/param/quantizer.codebooks.0.weight"][:-1])
+    return model, codebook
+
+
+def test_top_k_1_is_the_argmax_path(tiny):
+    model, codebook = tiny
+    cond = jnp.asarray([3, 7])
+    codes = sample_codes(model, codebook, cond, jax.random.key(0), batch=2, cfg=SamplingConfig(top_k=1))
+    logits = logits_with_cache(model, codes, cond, codebook)
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(jnp.argmax(logits, -1)))
+    # temperature does not matter for greedy decoding, and neither does the seed
+    codes2 = sample_codes(model, codebook, cond, jax.random.key(5), batch=2,
+                          cfg=SamplingConfig(top_k=1, temperature=0.3))
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(codes2))
+
+
+def test_same_seed_same_codes_and_top_p_keeps_the_nucleus(tiny):
+    model, codebook = tiny
+    cond = jnp.asarray([1, 2])
+    cfg = SamplingConfig(top_k=(8, 8, 4, 4), top_p=0.9, temperature=1.0)
+    a = sample_codes(model, codebook, cond, jax.random.key(1), batch=2, cfg=cfg)
+    b = sample_codes(model, codebook, cond, jax.random.key(1), batch=2, cfg=cfg)
+    c = sample_codes(model, codebook, cond, jax.random.key(2), batch=2, cfg=cfg)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    # every sampled code is inside the top-k of its own (teacher-forced) logits
+    logits = np.asarray(logits_with_cache(model, a, cond, codebook))
+    rank = (logits > np.take_along_axis(logits, np.asarray(a)[..., None], -1)).sum(-1)
+    assert (rank[..., :2] < 8).all() and (rank[..., 2:] < 4).all()
+
+
+def test_filter_logits_by_hand():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+    np.testing.assert_array_equal(np.isfinite(np.asarray(filter_logits(logits, top_k=2))), [[1, 1, 0, 0]])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(filter_logits(logits, top_p=0.75))), [[1, 1, 0, 0]])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(filter_logits(logits, top_p=0.8))), [[1, 1, 0, 0]])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(filter_logits(logits, top_p=0.81))), [[1, 1, 1, 0]])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(filter_logits(logits, top_p=0.1))), [[1, 0, 0, 0]])
+
+
+def test_bad_sampling_settings():
+    with pytest.raises(ValueError, match="top_k has 2 values but the model has 4 depths"):
+        SamplingConfig(top_k=(1, 2)).per_depth(4)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        SamplingConfig(top_p=0.0).per_depth(4)
