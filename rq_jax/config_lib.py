@@ -164,3 +164,74 @@ def lsun_rqvae(category: str, arg: str | None):
         runlocal(c)
         c.init_from = ""
     return c
+
+
+def transformer_config(rqvae: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Stage 2 (RQ-Transformer) over a stage-1 config: T, D, K and n_z are derived from `rqvae`.
+
+    Defaults are the paper's ImageNet 821M recipe (Table 5, Sec. 4): AdamW(0.9, 0.95), lr 5e-4
+    cosine, weight decay 1e-4, batch 2048, tau 0.5 with soft labels and stochastic codes.
+    """
+    from rq_jax.models.rq_transformer import rq_transformer_model_config
+
+    c = ml_collections.ConfigDict()
+    c.stage = "rq_transformer"
+    c.seed = 0
+    c.init_from = ""
+    c.rqvae = rqvae
+    c.rqvae_workdir = ""  # the trained stage-1 run (its decoder renders samples)
+
+    c.model = rq_transformer_model_config(cond="class", num_classes=1000)
+    # Derived from the stage-1 model (references: overriding config.rqvae.* updates these).
+    c.model.vocab_size = c.rqvae.model.get_ref("codebook_size")
+    c.model.embed_dim = c.rqvae.model.get_ref("embed_dim")
+    c.model.code_shape = c.rqvae.model.get_ref("code_shape")
+
+    c.data = ml_collections.ConfigDict()
+    c.data.features_dir = ""  # `python -m rq_jax.extract --rqvae RQVAE_WORKDIR --out DIR`
+
+    c.soft = ml_collections.ConfigDict()
+    c.soft.temperature = 0.5  # tau of Q_tau
+    c.soft.soft_labels = True  # False: one-hot targets of the codes
+    c.soft.stochastic_codes = True  # False: deterministic (argmin) codes
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 2048
+    c.train.num_epochs = 100.0
+    c.train.num_steps = -1
+    c.train.lr = 5e-4
+    c.train.warmup_steps = 2000
+    c.train.b1 = 0.9
+    c.train.b2 = 0.95
+    c.train.weight_decay = 1e-4  # not applied to norms, biases, embeddings
+    c.train.grad_clip = 1.0
+    c.train.cond_drop_prob = 0.0  # > 0 with model.cfg_null: classifier-free guidance training
+    c.train.log_every = 50
+    c.train.eval_every = 1000
+    c.train.eval_batches = 8
+    c.train.sample_every = 5000
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
+    c.train.async_checkpoints = True
+    c.train.early_stop_patience = 0  # > 0: stop after this many evaluations without improvement
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.temperature = 1.0
+    c.sample.top_k = 512
+    c.sample.top_p = 0.95
+    c.sample.cfg_scale = 1.0
+    c.sample.num = 16
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    return c
+
+
+def transformer_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a stage-2 config (and its stage-1 config) to CPU-test size."""
+    runlocal(c.rqvae)
+    c.model.update(dict(d_model=64, num_heads=4, spatial_layers=2, depth_layers=1))
+    c.train.update(dict(batch_size=8, num_steps=2, warmup_steps=1, log_every=1, eval_every=2, eval_batches=1,
+                        sample_every=2, checkpoint_every=2, async_checkpoints=False))
+    c.sample.update(dict(top_k=0, top_p=1.0, num=4))
+    return c

@@ -7,9 +7,10 @@
                Prints a table and writes JSON (default <workdir>/recon_metrics_<step>.json).
   reconstruct  --workdir RUN [--num N] --out DIR: per image, input | reconstruction | depth 1..D as one PNG,
                and one grid (rows: inputs, then the depth-1..D reconstructions).
-  fid          --real DIR_OR_NPZ --fake DIR_OR_NPZ --inception PATH: FID between two image folders or
-               `.npz` statistics files (`mu`, `sigma`: pytorch-fid's and ADM's format), and the Inception
-               Score of the fake set when it is a folder.
+  fid          --real DIR_OR_NPZ --fake DIR_OR_NPZ --inception PATH: FID between two image sets, each an
+               image folder, an `.npz` of uint8 images [N, H, W, 3] (`arr_0` or `images`) or an `.npz` of
+               statistics (`mu`, `sigma`: pytorch-fid's and ADM's format); and the Inception Score of the
+               fake set when it is images.
 
 Weights are read from local files written by `python -m rq_jax.convert lpips|inception`. The evaluation
 runs in one process and reads the whole split itself (no multi-host sharding).
@@ -170,14 +171,19 @@ def evaluate_reconstruction(
     lpips_path: str | None = None,
     inception_path: str | None = None,
 ) -> dict[str, Any]:
-    """Reconstruction metrics of a stage-1 run over its held-out split (see the module docstring)."""
+    """Reconstruction metrics of a stage-1 run over its held-out split (see the module docstring).
+
+    PSNR (mean of per-image values, peak-to-peak 2), SSIM and LPIPS are taken on the decoder's raw
+    output, as the trainer's evaluation does; rFID on the reconstructions clipped to [-1, 1], the
+    images one would save.
+    """
     from rq_jax.models.inception import load_inception
     from rq_jax.models.lpips import load_lpips
     from rq_jax.quantizer import codebook_usage
 
-    model, config, step = _load_run(workdir, step)
     lp = load_lpips(lpips_path) if lpips_path else None  # weights first: a missing file fails before any work
     inc = load_inception(inception_path) if inception_path else None
+    model, config, step = _load_run(workdir, step)
     depth = model.depth
 
     def compute(model, x):
@@ -195,7 +201,7 @@ def evaluate_reconstruction(
     print(f"evaluating step {step} of {workdir} on {description}: {total} batches of {batch_size}",
           file=sys.stderr, flush=True)
     progress = _Progress(total, "batch")
-    mse, ssims, lpips_vals, codes, feats_real, feats_fake = [], [], [], [], [], []
+    mse, ssims, lpips_vals, codes, feats_real, feats_fake, psnr_sum = [], [], [], [], [], [], 0.0
     for i, (x_np, n) in enumerate(batches):
         x = jnp.asarray(x_np)
         out = rq_fn(x)
@@ -203,12 +209,12 @@ def evaluate_reconstruction(
             lpips_vals.append(np.asarray(lp_fn(x, out["recon"]))[:n])
         if inc_fn is not None:
             feats_real.append(np.asarray(inc_fn(x))[:n])
-            feats_fake.append(np.asarray(inc_fn(out["recon"]))[:n])
+            feats_fake.append(np.asarray(inc_fn(jnp.clip(out["recon"], -1.0, 1.0)))[:n])  # as saved images
         mse.append(np.asarray(out["mse"], np.float64)[:, :n])
         ssims.append(np.asarray(out["ssim"])[:n])
         codes.append(np.asarray(out["codes"])[:n])
-        running = 10.0 * np.log10(4.0 / np.maximum(np.concatenate(mse, axis=1)[-1], 1e-12)).mean()
-        progress.update(i + 1, f"PSNR {running:.2f} dB")
+        psnr_sum += float(np.sum(10.0 * np.log10(4.0 / np.maximum(mse[-1][-1], 1e-12))))
+        progress.update(i + 1, f"PSNR {psnr_sum / sum(m.shape[1] for m in mse):.2f} dB")
 
     mse_DxN = np.concatenate(mse, axis=1)
     psnr_DxN = 10.0 * np.log10(4.0 / np.maximum(mse_DxN, 1e-12))  # images in [-1, 1]: peak-to-peak 2
@@ -310,10 +316,16 @@ def inception_activations(
     Images are read as RGB, mapped to [-1, 1] and resized to 299 by the network (bilinear, as
     pytorch-fid); batches of mixed sizes are resized to 299 one image at a time first.
     """
+    return _activations(_jit_module_fn(inception, lambda m, x: m(x)), images, batch_size=batch_size, what=what)
+
+
+def _activations(fn: Callable, images: list[str] | np.ndarray, *, batch_size: int, what: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """`inception_activations` with an already jitted network (compiled once per batch shape)."""
     from rq_jax.models.inception import INCEPTION_SIZE, resize_bilinear
 
-    fn = _jit_module_fn(inception, lambda m, x: m(x))
     n = len(images)
+    batch_size = min(batch_size, n)
     pools, logits = [], []
     progress = _Progress(n, what)
     for start in range(0, n, batch_size):
@@ -348,10 +360,10 @@ def _npz_images(path: str) -> np.ndarray | None:
     return None
 
 
-def _set_activations(path: str, inception, batch_size: int):
+def _set_activations(path: str, fn: Callable, batch_size: int):
     """(features, logits) of a folder or an image `.npz`; (None, None) when `path` holds statistics."""
     if os.path.isdir(path):
-        return inception_activations(inception, _image_files(path), batch_size=batch_size, what=path)
+        return _activations(fn, _image_files(path), batch_size=batch_size, what=path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path!r} is neither an image folder nor an .npz file.")
     if not path.endswith(".npz"):
@@ -359,7 +371,7 @@ def _set_activations(path: str, inception, batch_size: int):
     images = _npz_images(path)
     if images is None:
         return None, None
-    return inception_activations(inception, images, batch_size=batch_size, what=path)
+    return _activations(fn, images, batch_size=batch_size, what=path)
 
 
 def compute_fid(real: str, fake: str, inception_path: str, *, batch_size: int = 50, is_splits: int = 10,
@@ -373,11 +385,11 @@ def compute_fid(real: str, fake: str, inception_path: str, *, batch_size: int = 
     for p in (real, fake):
         if not os.path.exists(p):
             raise FileNotFoundError(f"{p!r} does not exist: give an image folder or an .npz statistics file.")
-    inception = load_inception(inception_path)
+    fn = _jit_module_fn(load_inception(inception_path), lambda m, x: m(x))
     result: dict[str, Any] = {"real": real, "fake": fake}
     sets = {}
     for name, path in (("real", real), ("fake", fake)):
-        feats, logits = _set_activations(path, inception, batch_size)
+        feats, logits = _set_activations(path, fn, batch_size)
         if feats is None:
             mu, sigma = fid_lib.load_statistics(path)
         else:

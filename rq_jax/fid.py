@@ -77,21 +77,22 @@ def frechet_distance(
 def frechet_distance_from_features(feats1_NxF: np.ndarray, feats2_MxF: np.ndarray) -> float:
     """FID between two feature sets; fast and exact when a set has no more vectors than dimensions.
 
-    With N <= F or M <= F the covariances have rank < F, and Tr sqrtm(S1 S2) equals the nuclear norm
-    of X1 X2^T (X = centred features / sqrt(n - 1)): S1 S2 = X1^T (X1 X2^T) X2 has the same nonzero
-    eigenvalues as (X1 X2^T)(X1 X2^T)^T. This avoids a 2048 x 2048 sqrtm (about a minute on 2 CPU
-    cores) for small evaluation sets, where FID is anyway only indicative. Otherwise it is
+    With n <= F vectors in a set (say set 1), S1 = X1^T X1 (X1: the centred features / sqrt(n - 1)) has
+    rank < F and Tr sqrtm(S1 S2) = Tr sqrtm(X1^T X1 S2) = sum sqrt(eig(X1 S2 X1^T)): the same nonzero
+    eigenvalues, of an n x n symmetric PSD matrix. This avoids a 2048 x 2048 sqrtm (about a minute on
+    2 CPU cores) for small evaluation sets, where FID is anyway only indicative. Otherwise it is
     `frechet_distance` of the two `activation_statistics`.
     """
     f1, f2 = np.asarray(feats1_NxF, np.float64), np.asarray(feats2_MxF, np.float64)
     mu1, s1 = activation_statistics(f1)
     mu2, s2 = activation_statistics(f2)
-    n, m, dim = f1.shape[0], f2.shape[0], f1.shape[1]
-    if min(n, m) > dim:
+    dim = f1.shape[1]
+    if min(f1.shape[0], f2.shape[0]) > dim:
         return frechet_distance(mu1, s1, mu2, s2)
-    x1 = (f1 - mu1) / np.sqrt(n - 1)
-    x2 = (f2 - mu2) / np.sqrt(m - 1)
-    tr_covmean = np.sum(linalg.svdvals(x1 @ x2.T))
+    (few, mu_few), s_other = ((f1, mu1), s2) if f1.shape[0] <= f2.shape[0] else ((f2, mu2), s1)
+    x = (few - mu_few) / np.sqrt(few.shape[0] - 1)
+    inner = x @ s_other @ x.T
+    tr_covmean = np.sum(np.sqrt(np.clip(linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)))
     diff = mu1 - mu2
     return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 

@@ -44,8 +44,12 @@ def main(argv: list[str]) -> None:
         from rq_jax.trainers.rqvae import train
 
         train(config, _WORKDIR.value)
+    elif stage == "rq_transformer":
+        from rq_jax.trainers.rq_transformer import train as train_transformer
+
+        train_transformer(config, _WORKDIR.value)
     else:
-        sys.exit(f"config.stage={stage!r} has no trainer here; known stages: 'rqvae'.")
+        sys.exit(f"config.stage={stage!r} has no trainer; known stages: 'rqvae', 'rq_transformer'.")
 
 
 if __name__ == "__main__":

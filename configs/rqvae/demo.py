@@ -21,18 +21,18 @@ def get_config(arg: str | None = None):
     c.loss.recon = "l1"
     c.loss.perceptual_weight = 0.0
     c.loss.adv_weight = 0.1
-    c.loss.disc_start = 800
+    c.loss.disc_start = 850
     c.loss.disc_norm = "group"
     c.loss.disc_ndf = 32
     c.train.batch_size = 16
-    c.train.num_steps = 1200
+    c.train.num_steps = 1000
     c.train.lr = 1e-3
     c.train.disc_lr = 1e-4
     c.train.warmup_steps = 100
     c.train.log_every = 50
-    c.train.eval_every = 400
-    c.train.image_every = 400
-    c.train.checkpoint_every = 400
+    c.train.eval_every = 500
+    c.train.image_every = 500
+    c.train.checkpoint_every = 500
     c.train.eval_batches = 4
     if arg == "runlocal":
         runlocal(c)

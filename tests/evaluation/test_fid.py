@@ -50,8 +50,9 @@ def test_fid_matches_the_reference_on_random_features():
     np.testing.assert_allclose(fid.frechet_distance_from_features(f1, f2), want, rtol=1e-6)
 
 
-def test_fid_from_few_features_uses_the_exact_low_rank_formula():
-    f1, f2 = feature_sets(20, 30, 64, seed=1)  # fewer vectors than dimensions: singular covariances
+@pytest.mark.parametrize("n1,n2", [(20, 30), (30, 20), (20, 150)])
+def test_fid_from_few_features_uses_the_exact_low_rank_formula(n1, n2):
+    f1, f2 = feature_sets(n1, n2, 64, seed=1)  # a set with fewer vectors than dimensions: a singular covariance
     want = reference_fid(f1, f2)
     np.testing.assert_allclose(fid.frechet_distance_from_features(f1, f2), want, rtol=1e-6)
     sqrtm_value = fid.frechet_distance(*fid.activation_statistics(f1), *fid.activation_statistics(f2))

@@ -60,7 +60,8 @@ def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path):
     s0 = saved_state(split, 2)
     import jax
 
-    moved = [not np.allclose(x, y) for x, y in zip(jax.tree.leaves(s0["disc"]), jax.tree.leaves(a["disc"]), strict=True)]
+    pairs = zip(jax.tree.leaves(s0["disc"]), jax.tree.leaves(a["disc"]), strict=True)
+    moved = [not np.allclose(x, y) for x, y in pairs]
     assert any(moved)
     assert not np.allclose(jax.tree.leaves(s0["codebook"])[0], jax.tree.leaves(a["codebook"])[0])
 
@@ -97,7 +98,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     # the same command (with the run length we compare at) resumes from the saved step
     out = subprocess.run(cmd(wd, stopped + 2), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"resumed from" in out.stdout and f"(step {stopped})" in out.stdout
+    assert "resumed from" in out.stdout and f"(step {stopped})" in out.stdout
     ref = subprocess.run(cmd(tmp_path / "ref", stopped + 2), cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300)
     assert ref.returncode == 0, ref.stdout + ref.stderr

@@ -1,0 +1,301 @@
+"""Stage-2 trainer: RQ-Transformer on stochastic codes with soft labels (paper Sec. 3.2.3, Table 5).
+
+Read top to bottom:
+  1. setup: the feature dataset (`python -m rq_jax.extract`), the frozen codebook, the model and
+     AdamW (0.9, 0.95) with warm-up + cosine decay, weight decay on matmul kernels only;
+  2. the pure train step: codes drawn from Q_tau(. | r) and soft labels computed from the features
+     on the device at every step, cross-entropy against the soft labels (or one-hot / deterministic
+     codes: config switches, so the paper's ablation can be run), optional condition dropout for
+     classifier-free guidance;
+  3. evaluation: validation NLL in bits per code and per-depth accuracy on deterministic codes;
+     sample grids decoded by the stage-1 decoder;
+  4. the loop: resume, progress/ETA, checkpoints (state + data iterator), SIGTERM, NaN guard,
+     early stopping on the validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from rq_jax import checkpoints, metrics, sharding
+from rq_jax.data.features import build_feature_pipeline, load_meta
+from rq_jax.models.rq_transformer import RQTransformer
+from rq_jax.quantizer import rq_soft_codes
+from rq_jax.sampling import SamplingConfig, sample_codes
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the message says which checkpoint is the last good one."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Setup
+# ---------------------------------------------------------------------------------------------------
+def check_features(config: ml_collections.ConfigDict, meta: dict) -> None:
+    """The extracted features must come from an RQ-VAE with this config's code shape and codebook."""
+    want = (tuple(config.model.code_shape), int(config.model.vocab_size), int(config.model.embed_dim))
+    have = (tuple(meta["code_shape"]), int(meta["codebook_size"]), int(meta["embed_dim"]))
+    if want != have:
+        raise ValueError(
+            f"The features in {config.data.features_dir} come from an RQ-VAE with code shape {have[0]}, K={have[1]}, "
+            f"n_z={have[2]}, but this config expects {want[0]}, K={want[1]}, n_z={want[2]}: extract features with "
+            "the matching stage-1 run or fix config.rqvae.model."
+        )
+    if config.model.cond == "class" and meta["num_classes"] > config.model.num_classes:
+        raise ValueError(
+            f"The dataset has {meta['num_classes']} classes but config.model.num_classes="
+            f"{config.model.num_classes}; raise it."
+        )
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay only on matmul kernels: not on norms, biases or embeddings."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: str(getattr(path[-2] if len(path) > 1 else path[-1], "key", "")) == "kernel"
+        or str(getattr(path[-1], "key", "")) == "kernel",
+        params,
+    )
+
+
+def make_optimizer(tc: ml_collections.ConfigDict, total: int):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, max(min(tc.warmup_steps, total - 1), 1), max(total, 2))
+    parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip > 0 else []
+    parts.append(optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
+    return optax.chain(*parts), schedule
+
+
+def _cond_of(config, batch):
+    return batch["label"] if config.model.cond == "class" else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. The pure train step
+# ---------------------------------------------------------------------------------------------------
+def _targets(config, z, codebook_KxC, rng, *, deterministic: bool):
+    """(codes [B,h,w,D], targets [B,h,w,D,K]) from features z: Q_tau soft labels / stochastic codes."""
+    sc = config.soft
+    depth = int(config.model.code_shape[2])
+    stochastic = sc.stochastic_codes and not deterministic
+    soft, codes = rq_soft_codes(z, codebook_KxC, depth, sc.temperature, stochastic=stochastic, rng=rng)
+    if not sc.soft_labels or deterministic:
+        soft = jax.nn.one_hot(codes, codebook_KxC.shape[0], dtype=jnp.float32)
+    return codes, soft
+
+
+def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, *, graph, config, tx):
+    rng = jax.random.wrap_key_data(state["rng"])
+    rng, r_codes, r_drop, r_model = jax.random.split(rng, 4)
+    codes, targets = _targets(config, batch["features"], codebook_KxC, r_codes, deterministic=False)
+    cond = _cond_of(config, batch)
+    drop = None
+    if config.train.cond_drop_prob > 0 and cond is not None:
+        drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (codes.shape[0],))
+
+    def loss_fn(params):
+        model = nnx.merge(graph, params)
+        logits = model(codes, cond, codebook_KxC=codebook_KxC, train=True, rng=r_model, drop_cond=drop)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        loss = -jnp.mean(jnp.sum(targets * logp, axis=-1))
+        nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
+        acc_D = jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
+        return loss, (nll, acc_D)
+
+    (loss, (nll, acc_D)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    m = dict(loss=loss, nll=nll, bits_per_code=nll / math.log(2), grad_norm=optax.global_norm(grads))
+    m.update({f"acc_d{d}": acc_D[d] for d in range(acc_D.shape[0])})
+    return dict(step=state["step"] + 1, params=params, opt=opt, rng=jax.random.key_data(rng)), m
+
+
+def eval_step(params, batch, codebook_KxC, *, graph, config):
+    """Validation NLL (nats per code) and per-depth accuracy on deterministic codes, one-hot targets."""
+    codes, _ = _targets(config, batch["features"], codebook_KxC, None, deterministic=True)
+    model = nnx.merge(graph, params)
+    logp = jax.nn.log_softmax(model(codes, _cond_of(config, batch), codebook_KxC=codebook_KxC), axis=-1)
+    nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
+    return nll, jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Samples
+# ---------------------------------------------------------------------------------------------------
+def sampling_config(config: ml_collections.ConfigDict) -> SamplingConfig:
+    s = config.sample
+    return SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale)
+
+
+def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int) -> np.ndarray:
+    """[rows, H, W, 3] images: one row per class (or one row unconditional), decoded by stage 1."""
+    n = int(config.sample.num)
+    if config.model.cond == "class":
+        classes = np.arange(max(num_classes, 1))
+        cond = jnp.asarray(np.repeat(classes, n), jnp.int32)
+    else:
+        cond = None
+    batch = n * (max(num_classes, 1) if cond is not None else 1)
+    codes = sample_codes(model, codebook_KxC, cond, rng, batch=batch, cfg=sampling_config(config))
+    images = np.asarray(decoder.decode(codes))
+    return images.reshape(-1, n, *images.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. The loop
+# ---------------------------------------------------------------------------------------------------
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains stage 2 in `workdir` (resuming if it holds checkpoints); returns the last eval scalars."""
+    from rq_jax.config_lib import check_known_keys, rqvae_config, transformer_config
+    from rq_jax.trainers.rqvae import load_rqvae
+
+    check_known_keys(config, transformer_config(rqvae_config()))
+    os.makedirs(workdir, exist_ok=True)
+    tc = config.train
+    meta = load_meta(config.data.features_dir)
+    check_features(config, meta)
+    mesh = sharding.mesh_from_config(config.mesh.shape.to_dict())
+    local_bs = tc.batch_size // jax.process_count()
+    data_iter, src = build_feature_pipeline(config.data.features_dir, split="train", batch_size=local_bs,
+                                            seed=config.seed)
+    val_iter, val_src = build_feature_pipeline(config.data.features_dir, split="validation",
+                                               batch_size=min(local_bs, 64), train=False)
+    val_batches = [b for _, b in zip(range(tc.eval_batches), val_iter, strict=False)]
+    steps_per_epoch = max(len(src) // tc.batch_size, 1)
+    total = tc.num_steps if tc.num_steps > 0 else int(round(tc.num_epochs * steps_per_epoch))
+    codebook = jnp.asarray(src.codebook)
+    metrics.log_line(f"data: {len(src)} training feature maps ({meta['dataset']}), {total} steps")
+
+    model = RQTransformer(config.model, rngs=nnx.Rngs(config.seed))
+    graph, params = nnx.split(model)
+    tx, schedule = make_optimizer(tc, total)
+    repl = sharding.replicated(mesh)
+
+    def init_state():
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt=tx.init(params),
+                    rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)))
+
+    abstract = jax.eval_shape(init_state)
+    state_sharding = jax.tree.map(lambda _: repl, abstract)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+    ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
+    state, start, how = checkpoints.restore_or_init(
+        ckpt, abstract, lambda: jax.tree.map(lambda a, s: jax.device_put(jnp.array(a, copy=True), s),
+                                             init_state(), state_sharding),
+        data_iter, init_from=config.init_from, init_from_keys=("params",),
+    )
+    metrics.log_line(f"state: {how} (step {start}); {sum(x.size for x in jax.tree.leaves(params)):,} parameters")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    bsh = sharding.batch_sharding(mesh)
+    batch_sh = {"features": bsh, "label": bsh, "caption": bsh}
+    step_fn = jax.jit(partial(train_step, graph=graph, config=config, tx=tx),
+                      in_shardings=(state_sharding, batch_sh, repl), out_shardings=(state_sharding, repl),
+                      donate_argnums=(0,))
+    eval_fn = jax.jit(partial(eval_step, graph=graph, config=config))
+    rqvae_dir = config.rqvae_workdir or meta["rqvae_workdir"]
+    decoder = None
+    writer = metrics.create_writer(workdir)
+    progress = metrics.Progress(total, start)
+    guard = checkpoints.PreemptionGuard()
+    last_saved = start if ckpt.latest_step() is not None else None
+    best, bad_evals, scalars, pending, step = float("inf"), 0, {}, [], start
+    try:
+        while step < total:
+            batch = sharding.global_batch(mesh, {k: v for k, v in next(data_iter).items() if k in batch_sh})
+            state, m = step_fn(state, batch, codebook)
+            pending.append(m)
+            step += 1
+            if step % tc.log_every == 0 or step == total:
+                m = {k: float(np.mean([p[k] for p in jax.device_get(pending)])) for k in pending[0]}
+                pending.clear()
+                bad = [k for k, v in m.items() if not np.isfinite(v)]
+                if bad:
+                    raise TrainingDiverged(
+                        f"Training diverged by step {step}: {', '.join(bad)} became NaN/Inf; the last good "
+                        f"checkpoint is step {last_saved} in {ckpt.directory} (left intact): lower config.train.lr."
+                    )
+                m["lr"] = float(schedule(step))
+                writer.write_scalars(step, m)
+                metrics.log_line(progress.line(step, {k: m[k] for k in ("loss", "bits_per_code", "acc_d0")}))
+            stop = guard.should_stop(step)
+            if step % tc.eval_every == 0 or step == total:
+                outs = [jax.device_get(eval_fn(state["params"], {k: jnp.asarray(v) for k, v in b.items()}, codebook))
+                        for b in val_batches]
+                nll = float(np.mean([o[0] for o in outs]))
+                acc = np.mean([o[1] for o in outs], axis=0)
+                scalars = {"eval/nll": nll, "eval/bits_per_code": nll / math.log(2)}
+                scalars.update({f"eval/acc_d{d}": float(a) for d, a in enumerate(acc)})
+                writer.write_scalars(step, scalars)
+                metrics.log_line(f"eval step {step}: {scalars['eval/bits_per_code']:.3f} bits/code "
+                                 f"(log2 K = {math.log2(config.model.vocab_size):.2f}), acc {np.round(acc, 3)}")
+                if nll < best - 1e-4:
+                    best, bad_evals = nll, 0
+                else:
+                    bad_evals += 1
+                if tc.early_stop_patience > 0 and bad_evals >= tc.early_stop_patience:
+                    metrics.log_line(f"early stop at step {step}: no validation improvement in {bad_evals} evals")
+                    stop = True
+            if jax.process_index() == 0 and rqvae_dir and (step % tc.sample_every == 0 or step == total):
+                if decoder is None:
+                    decoder = load_rqvae(rqvae_dir)[0]
+                grid = sample_grid(nnx.merge(graph, state["params"]), codebook, decoder, config,
+                                   jax.random.key(step), meta["num_classes"] if config.model.cond == "class" else 0)
+                path = metrics.save_png(os.path.join(workdir, "images", f"samples_{step:08d}.png"),
+                                        metrics.image_grid(list(grid)), upscale=max(1, 64 // grid.shape[2]))
+                metrics.log_line(f"samples step {step}: {path}")
+            if step % tc.checkpoint_every == 0 or step == total or stop:
+                ckpt.save(step, state, data_iter, force=True)
+                last_saved = step
+            if stop:
+                metrics.log_line(f"stopped: saved step {step} to {ckpt.directory}")
+                break
+    finally:
+        ckpt.close()
+        guard.restore()
+        writer.flush()
+    if jax.process_index() == 0 and scalars:
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(scalars | {"step": step}, f, indent=2)
+    return scalars
+
+
+def load_rq_transformer(workdir: str, step: int | None = None) -> tuple[RQTransformer, ml_collections.ConfigDict, int]:
+    """The RQ-Transformer of a stage-2 run directory (abstract build, filled from the checkpoint)."""
+    from rq_jax.trainers.rqvae import _fill
+
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{cfg_path} does not exist: give the --workdir of a stage-2 training run.")
+    with open(cfg_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.get("stage") != "rq_transformer":
+        raise ValueError(
+            f"{workdir} holds a config.stage={config.get('stage')!r} run, not a stage-2 'rq_transformer' run "
+            "(sampling needs the stage-2 workdir; the stage-1 one is found from it)."
+        )
+    abstract = nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(0)))
+    graph, params = nnx.split(abstract)
+    ckpt = checkpoints.Checkpointer(workdir, with_data=False, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    ckpt.close()
+    if step is None:
+        raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; train stage 2 first.")
+    where = ckpt.directory / str(step)
+    try:
+        tree = ocp.StandardCheckpointer().restore(where / "state")
+    except Exception as e:  # noqa: BLE001
+        raise checkpoints.CheckpointError(f"The checkpoint {where} could not be read ({type(e).__name__}).") from e
+    return nnx.merge(graph, _fill(params, tree["params"], str(where))), config, step
