@@ -30,8 +30,13 @@ test: $(STAMP) font
 lint: $(STAMP)
 	$(BIN)/ruff check rq_jax tests benchmarks configs
 
+# Stage 1, feature extraction, stage 2, then a class-conditional sample grid: $(DEMO_DIR)/samples.png
 demo: $(STAMP) font
 	$(BIN)/python -m rq_jax.train --config configs/rqvae/demo.py --workdir $(DEMO_DIR)/rqvae
+	$(BIN)/python -m rq_jax.extract --rqvae $(DEMO_DIR)/rqvae --out $(DEMO_DIR)/features
+	$(BIN)/python -m rq_jax.train --config configs/transformer/demo.py --workdir $(DEMO_DIR)/transformer \
+	  --config.rqvae_workdir=$(DEMO_DIR)/rqvae --config.data.features_dir=$(DEMO_DIR)/features
+	$(BIN)/python -m rq_jax.sample --workdir $(DEMO_DIR)/transformer --num 8 --out $(DEMO_DIR)/samples.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .pytest_data

@@ -24,6 +24,7 @@ setup(
         "tensorboard>=2.18; sys_platform == 'linux'",
         "numpy>=1.26",
         "pillow>=10.0",
+        "tokenizers>=0.15",
         # rq_jax.data's embedded datasets: emoji font cmap/ligatures, and the digits fallback.
         "fonttools>=4.40",
         "scikit-learn>=1.3",

@@ -11,6 +11,7 @@ A checkpoint that cannot be read raises one clear error and deletes nothing.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -43,7 +45,8 @@ class Checkpointer:
     """Saves and restores `{"state": pytree of arrays, "data": grain iterator}` under `<workdir>/checkpoints`."""
 
     def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True, with_data: bool = True):
-        self.directory = epath.Path(workdir) / "checkpoints"
+        # orbax needs absolute local paths; remote ones (gs://...) are used as given
+        self.directory = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir)) / "checkpoints"
         self.with_data = with_data
         self.manager = _manager(self.directory, max_to_keep=max_to_keep, async_save=async_save, with_data=with_data)
 
@@ -109,7 +112,7 @@ def restore_partial(path: str, abstract_part: dict[str, Any]) -> dict[str, Any]:
     The whole saved tree is read without a target and the requested keys are placed onto the
     shardings of `abstract_part`, so the source run may have had other optimizer settings.
     """
-    root = epath.Path(path)
+    root = epath.Path(path if "://" in str(path) else os.path.abspath(path))
     if not root.exists():
         raise CheckpointError(
             f"config.init_from points to {path}, which does not exist; give the checkpoints directory of a "
@@ -139,6 +142,65 @@ def restore_partial(path: str, abstract_part: dict[str, Any]) -> dict[str, Any]:
             )
         out[k] = jax.tree.map(lambda a, ab: jax.device_put(a, ab.sharding), tree[k], abstract)
     return out
+
+
+def read_run_config(workdir: str, stage: str, label: str, fix: str = ""):
+    """The `config.json` a training run wrote, checked to be of `stage` (one clear error otherwise)."""
+    import json
+
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: give the --workdir of a {label} training run.")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.get("stage") != stage:
+        raise ValueError(
+            f"{workdir} holds a config.stage={config.get('stage')!r} run, not a {label} {stage!r} run{fix}."
+        )
+    return config
+
+
+def restore_parts(workdir: str, abstract_parts: dict[str, Any], step: int | None = None) -> tuple[dict, int]:
+    """Restores some top-level entries of a run's saved train state onto abstract nnx states.
+
+    The checkpoint is read without a target and every abstract leaf is looked up by its path, with
+    shapes checked, so a model can be rebuilt with `nnx.eval_shape` and filled (no random init).
+    """
+    ckpt = Checkpointer(workdir, with_data=False, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    ckpt.close()
+    if step is None:
+        raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; train first or pass another --workdir.")
+    where = ckpt.directory / str(step)
+    try:
+        tree = ocp.StandardCheckpointer().restore(where / "state")
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"The checkpoint {where} could not be read ({type(e).__name__}); pick another step or retrain."
+        ) from e
+    return {k: fill_abstract(a, tree.get(k, {}), str(where)) for k, a in abstract_parts.items()}, step
+
+
+def fill_abstract(abstract_state: Any, saved: Any, where: str) -> Any:
+    """Looks every abstract leaf up by its path in the restored dict (checking shapes), as that state."""
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
+    out = []
+    for path, leaf in paths_leaves:
+        node = saved
+        for key in path:
+            name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
+            node = node.get(name, node.get(str(name))) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is None or tuple(np.shape(node)) != tuple(leaf.shape):
+            raise CheckpointError(
+                f"The checkpoint {where} does not match the model described by its config.json "
+                f"(at {jax.tree_util.keystr(path)}); it was written by another model configuration."
+            )
+        out.append(jax.numpy.asarray(node, leaf.dtype))
+    return jax.tree.unflatten(treedef, out)
 
 
 class PreemptionGuard:

@@ -190,6 +190,10 @@ def transformer_config(rqvae: ml_collections.ConfigDict) -> ml_collections.Confi
     c.data = ml_collections.ConfigDict()
     c.data.features_dir = ""  # `python -m rq_jax.extract --rqvae RQVAE_WORKDIR --out DIR`
 
+    c.text = ml_collections.ConfigDict()
+    c.text.tokenizer = ""  # tokenizer.json or a CharBPE vocab.json+merges.txt dir; "": trained on the captions
+    c.text.vocab_size = 1024  # of a tokenizer trained on the captions (<= model.text_vocab_size)
+
     c.soft = ml_collections.ConfigDict()
     c.soft.temperature = 0.5  # tau of Q_tau
     c.soft.soft_labels = True  # False: one-hot targets of the codes
@@ -234,4 +238,76 @@ def transformer_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigD
     c.train.update(dict(batch_size=8, num_steps=2, warmup_steps=1, log_every=1, eval_every=2, eval_batches=1,
                         sample_every=2, checkpoint_every=2, async_checkpoints=False))
     c.sample.update(dict(top_k=0, top_p=1.0, num=4))
+    return c
+
+
+# Table 5 of the paper (all 8x8x4, n_z = 256): one row per released RQ-Transformer. K and the code shape come
+# from the nested stage-1 config. `params` is the paper's count (and the released state dict's, to 0.3%).
+TABLE5: dict[str, dict[str, Any]] = {
+    "lsun_cat": dict(stage1="lsun:cat", spatial_layers=26, depth_layers=4, d_model=1280, num_heads=20,
+                     tau=0.5, cond="none", params=612e6, top_k=512, top_p=0.9, num_epochs=200.0),
+    "lsun_bedroom": dict(stage1="lsun:bedroom", spatial_layers=26, depth_layers=4, d_model=1280, num_heads=20,
+                         tau=0.5, cond="none", params=612e6, top_k=8192, top_p=0.85, num_epochs=90.0),
+    "lsun_church": dict(stage1="lsun:church", spatial_layers=24, depth_layers=4, d_model=1024, num_heads=16,
+                        tau=0.5, cond="none", params=370e6, top_k=1400, top_p=1.0, num_epochs=300.0),
+    "ffhq": dict(stage1="ffhq", spatial_layers=24, depth_layers=4, d_model=1024, num_heads=16,
+                 tau=1.0, cond="none", params=355e6, top_k=2048, top_p=0.95, num_epochs=200.0),
+    "imagenet_480m": dict(stage1="imagenet", spatial_layers=12, depth_layers=4, d_model=1536, num_heads=24,
+                          tau=0.5, cond="class", params=480e6, top_k=512, top_p=0.95, num_epochs=100.0),
+    "imagenet_821m": dict(stage1="imagenet", spatial_layers=24, depth_layers=4, d_model=1536, num_heads=24,
+                          tau=0.5, cond="class", params=821e6, top_k=512, top_p=0.95, num_epochs=100.0),
+    "imagenet_1400m": dict(stage1="imagenet", spatial_layers=42, depth_layers=6, d_model=1536, num_heads=24,
+                           tau=0.5, cond="class", params=1388e6, top_k=512, top_p=0.95, num_epochs=100.0),
+    "imagenet_3800m": dict(stage1="imagenet", spatial_layers=42, depth_layers=6, d_model=2560, num_heads=40,
+                           tau=0.5, cond="class", params=3822e6, top_k=512, top_p=0.95, num_epochs=100.0,
+                           dropout=0.3),
+    # Table 5 says 24 spatial layers; the released state dict (and its 654M parameters) has 26.
+    "cc3m": dict(stage1="imagenet", spatial_layers=26, depth_layers=4, d_model=1280, num_heads=20,
+                 tau=0.5, cond="text", params=654e6, top_k=1024, top_p=0.9, num_epochs=100.0),
+}
+
+
+def _table5_stage1(stage1: str, arg: str | None) -> ml_collections.ConfigDict:
+    """The stage-1 config a Table 5 row nests ("imagenet", "ffhq" or "lsun:<category>")."""
+    if stage1 == "imagenet":
+        return imagenet_rqvae((8, 8, 4), arg)
+    if stage1 == "ffhq":
+        return ffhq_rqvae(arg)
+    if stage1.startswith("lsun:"):
+        return lsun_rqvae(stage1.split(":", 1)[1], arg)
+    raise ValueError(f"Unknown stage-1 setting {stage1!r}.")
+
+
+def table5_transformer(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The stage-2 config of one row of Table 5 (`TABLE5[name]`) with the paper's training recipe.
+
+    `arg` is passed on to the stage-1 config ("runlocal" also shrinks the transformer; "50ep" picks the
+    50-epoch ImageNet RQ-VAE). Training (App. A): AdamW(0.9, 0.95), cosine from lr 5e-4, weight decay
+    1e-4, batch 2048 (FFHQ 16, early-stopped), dropout 0.1 (0.3 for 3.8B); sampling defaults (top-k, top-p)
+    are the paper's figures' settings for the dataset.
+    """
+    if name not in TABLE5:
+        raise ValueError(f"Unknown Table 5 row {name!r}; known: {', '.join(TABLE5)}.")
+    row = TABLE5[name]
+    args = parse_arg(arg)
+    c = transformer_config(_table5_stage1(row["stage1"], arg))
+    # The stage-1 workdirs of the configs/rqvae/*.py docstrings (CC-3M reuses the ImageNet RQ-VAE).
+    stage1_run = {"imagenet": "imagenet_8x8x4", "ffhq": "ffhq"}.get(row["stage1"], row["stage1"].replace(":", "_"))
+    if row["stage1"] == "imagenet" and "50ep" in args:
+        stage1_run += "_50ep"
+    c.rqvae_workdir = f"./workdirs/rqvae_{stage1_run}"
+    c.data.features_dir = f"./workdirs/features_{name}"
+    c.model.update(dict(d_model=row["d_model"], num_heads=row["num_heads"], spatial_layers=row["spatial_layers"],
+                        depth_layers=row["depth_layers"], dropout=row.get("dropout", 0.1), cond=row["cond"],
+                        num_classes=1000 if row["cond"] == "class" else 1, text_vocab_size=16384, text_len=32))
+    c.soft.temperature = row["tau"]
+    c.train.num_epochs = row["num_epochs"]
+    if name == "ffhq":
+        # Paper: batch 16, early stopping where the validation loss is lowest (epoch 39 of 200).
+        c.train.update(dict(batch_size=16, eval_every=2000, early_stop_patience=10))
+    c.sample.update(dict(top_k=row["top_k"], top_p=row["top_p"]))
+    if "runlocal" in args:
+        transformer_runlocal(c)
+        if row["cond"] == "text":
+            c.model.update(dict(text_vocab_size=64, text_len=4))
     return c

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
     n = args.num
     num_classes = int(config.model.num_classes)
     if model.cond_kind == "class":
+        if args.prompt:
+            raise ValueError("This model is class-conditional: give --classes instead of --prompt.")
         classes = [int(c) for c in args.classes.split(",")] if args.classes else list(range(min(num_classes, 8)))
         bad = [c for c in classes if not 0 <= c < num_classes]
         if bad:
@@ -44,11 +46,19 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
         cond = jnp.asarray(np.repeat(classes, n), jnp.int32)
         rows = len(classes)
     elif model.cond_kind == "none":
-        if args.classes:
+        if args.classes or args.prompt:
             raise ValueError("This model is unconditional: drop --classes.")
         cond, rows = None, 1
     else:
-        raise ValueError("Text-conditioned sampling needs a tokenizer, which this release does not have yet.")
+        from rq_jax.text import encode_texts, load_tokenizer
+
+        if args.classes:
+            raise ValueError("This model is text-conditioned: give --prompt TEXT (repeatable) instead of --classes.")
+        prompts = args.prompt or ["red apple"]
+        tok = load_tokenizer(os.path.join(args.workdir, "tokenizer.json"))
+        tokens = encode_texts(tok, prompts, int(config.model.text_len), strict=True)
+        cond = jnp.asarray(np.repeat(tokens, n, axis=0))
+        rows = len(prompts)
     cfg = SamplingConfig(
         temperature=parse_per_depth(args.temperature, float) if args.temperature else config.sample.temperature,
         top_k=parse_per_depth(args.top_k, int) if args.top_k is not None else config.sample.top_k,
@@ -73,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rqvae", default=None, help="the stage-1 run (default: the one in the stage-2 config)")
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--classes", default="", help="comma-separated class ids, one grid row each")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable), text models")
     p.add_argument("--num", type=int, default=8, help="samples per class")
     p.add_argument("--top_k", default=None)
     p.add_argument("--top_p", default=None)

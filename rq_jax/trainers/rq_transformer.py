@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from rq_jax import checkpoints, metrics, sharding
@@ -76,8 +75,37 @@ def make_optimizer(tc: ml_collections.ConfigDict, total: int):
     return optax.chain(*parts), schedule
 
 
-def _cond_of(config, batch):
-    return batch["label"] if config.model.cond == "class" else None
+def _cond_of(config, batch, text_table):
+    """Class ids [B], text tokens [B, L] looked up by caption index (-1: the empty caption, last row), or None."""
+    if config.model.cond == "class":
+        return batch["label"]
+    if config.model.cond == "text":
+        return text_table[batch["caption"]]
+    return None
+
+
+def build_text_table(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
+    """Token ids [num_captions + 1, L] of the dataset's captions (last row: empty), and tokenizer.json in workdir."""
+    from rq_jax.text import encode_texts, load_tokenizer, train_tokenizer
+
+    path = os.path.join(config.data.features_dir, "captions.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: text conditioning needs a dataset with captions.")
+    with open(path) as f:
+        captions = json.load(f)
+    out = os.path.join(workdir, "tokenizer.json")
+    if config.text.tokenizer:
+        tok = load_tokenizer(config.text.tokenizer)
+        if jax.process_index() == 0 and hasattr(tok, "save"):
+            tok.save(out)
+    else:
+        tok = train_tokenizer(captions, config.text.vocab_size, out if jax.process_index() == 0 else None)
+    if tok.get_vocab_size() > config.model.text_vocab_size:
+        raise ValueError(
+            f"The tokenizer has {tok.get_vocab_size()} tokens but config.model.text_vocab_size="
+            f"{config.model.text_vocab_size}; raise the model's text vocabulary or use a smaller tokenizer."
+        )
+    return encode_texts(tok, [*captions, ""], int(config.model.text_len))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -94,11 +122,11 @@ def _targets(config, z, codebook_KxC, rng, *, deterministic: bool):
     return codes, soft
 
 
-def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, *, graph, config, tx):
+def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, text_table: jax.Array, *, graph, config, tx):
     rng = jax.random.wrap_key_data(state["rng"])
     rng, r_codes, r_drop, r_model = jax.random.split(rng, 4)
     codes, targets = _targets(config, batch["features"], codebook_KxC, r_codes, deterministic=False)
-    cond = _cond_of(config, batch)
+    cond = _cond_of(config, batch, text_table)
     drop = None
     if config.train.cond_drop_prob > 0 and cond is not None:
         drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (codes.shape[0],))
@@ -120,11 +148,11 @@ def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, *, graph, conf
     return dict(step=state["step"] + 1, params=params, opt=opt, rng=jax.random.key_data(rng)), m
 
 
-def eval_step(params, batch, codebook_KxC, *, graph, config):
+def eval_step(params, batch, codebook_KxC, text_table, *, graph, config):
     """Validation NLL (nats per code) and per-depth accuracy on deterministic codes, one-hot targets."""
     codes, _ = _targets(config, batch["features"], codebook_KxC, None, deterministic=True)
     model = nnx.merge(graph, params)
-    logp = jax.nn.log_softmax(model(codes, _cond_of(config, batch), codebook_KxC=codebook_KxC), axis=-1)
+    logp = jax.nn.log_softmax(model(codes, _cond_of(config, batch, text_table), codebook_KxC=codebook_KxC), axis=-1)
     nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
     return nll, jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
 
@@ -137,15 +165,17 @@ def sampling_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     return SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale)
 
 
-def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int) -> np.ndarray:
-    """[rows, H, W, 3] images: one row per class (or one row unconditional), decoded by stage 1."""
+def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray:
+    """[rows, H, W, 3] images: one row per class, per caption (text) or one unconditional row."""
     n = int(config.sample.num)
     if config.model.cond == "class":
-        classes = np.arange(max(num_classes, 1))
-        cond = jnp.asarray(np.repeat(classes, n), jnp.int32)
+        cond = jnp.asarray(np.repeat(np.arange(max(num_classes, 1)), n), jnp.int32)
+    elif config.model.cond == "text":
+        rows = np.linspace(0, len(text_table) - 2, num=min(4, len(text_table) - 1)).astype(int)
+        cond = jnp.asarray(np.repeat(np.asarray(text_table)[rows], n, axis=0))
     else:
         cond = None
-    batch = n * (max(num_classes, 1) if cond is not None else 1)
+    batch = n if cond is None else int(cond.shape[0])
     codes = sample_codes(model, codebook_KxC, cond, rng, batch=batch, cfg=sampling_config(config))
     images = np.asarray(decoder.decode(codes))
     return images.reshape(-1, n, *images.shape[1:])
@@ -175,6 +205,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total = tc.num_steps if tc.num_steps > 0 else int(round(tc.num_epochs * steps_per_epoch))
     codebook = jnp.asarray(src.codebook)
     metrics.log_line(f"data: {len(src)} training feature maps ({meta['dataset']}), {total} steps")
+    text_table = jnp.asarray(build_text_table(config, workdir) if config.model.cond == "text"
+                             else np.zeros((1, 1), np.int32))
 
     model = RQTransformer(config.model, rngs=nnx.Rngs(config.seed))
     graph, params = nnx.split(model)
@@ -190,8 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
     ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     state, start, how = checkpoints.restore_or_init(
-        ckpt, abstract, lambda: jax.tree.map(lambda a, s: jax.device_put(jnp.array(a, copy=True), s),
-                                             init_state(), state_sharding),
+        ckpt, abstract, lambda: sharding.place(init_state(), state_sharding),
         data_iter, init_from=config.init_from, init_from_keys=("params",),
     )
     metrics.log_line(f"state: {how} (step {start}); {sum(x.size for x in jax.tree.leaves(params)):,} parameters")
@@ -202,7 +233,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bsh = sharding.batch_sharding(mesh)
     batch_sh = {"features": bsh, "label": bsh, "caption": bsh}
     step_fn = jax.jit(partial(train_step, graph=graph, config=config, tx=tx),
-                      in_shardings=(state_sharding, batch_sh, repl), out_shardings=(state_sharding, repl),
+                      in_shardings=(state_sharding, batch_sh, repl, repl), out_shardings=(state_sharding, repl),
                       donate_argnums=(0,))
     eval_fn = jax.jit(partial(eval_step, graph=graph, config=config))
     rqvae_dir = config.rqvae_workdir or meta["rqvae_workdir"]
@@ -215,7 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         while step < total:
             batch = sharding.global_batch(mesh, {k: v for k, v in next(data_iter).items() if k in batch_sh})
-            state, m = step_fn(state, batch, codebook)
+            state, m = step_fn(state, batch, codebook, text_table)
             pending.append(m)
             step += 1
             if step % tc.log_every == 0 or step == total:
@@ -232,7 +263,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 metrics.log_line(progress.line(step, {k: m[k] for k in ("loss", "bits_per_code", "acc_d0")}))
             stop = guard.should_stop(step)
             if step % tc.eval_every == 0 or step == total:
-                outs = [jax.device_get(eval_fn(state["params"], {k: jnp.asarray(v) for k, v in b.items()}, codebook))
+                outs = [jax.device_get(eval_fn(state["params"], {k: jnp.asarray(v) for k, v in b.items()}, codebook,
+                                                text_table))
                         for b in val_batches]
                 nll = float(np.mean([o[0] for o in outs]))
                 acc = np.mean([o[1] for o in outs], axis=0)
@@ -252,7 +284,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if decoder is None:
                     decoder = load_rqvae(rqvae_dir)[0]
                 grid = sample_grid(nnx.merge(graph, state["params"]), codebook, decoder, config,
-                                   jax.random.key(step), meta["num_classes"] if config.model.cond == "class" else 0)
+                                   jax.random.key(step), meta["num_classes"] if config.model.cond == "class" else 0,
+                                   text_table)
                 path = metrics.save_png(os.path.join(workdir, "images", f"samples_{step:08d}.png"),
                                         metrics.image_grid(list(grid)), upscale=max(1, 64 // grid.shape[2]))
                 metrics.log_line(f"samples step {step}: {path}")
@@ -274,28 +307,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def load_rq_transformer(workdir: str, step: int | None = None) -> tuple[RQTransformer, ml_collections.ConfigDict, int]:
     """The RQ-Transformer of a stage-2 run directory (abstract build, filled from the checkpoint)."""
-    from rq_jax.trainers.rqvae import _fill
-
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} does not exist: give the --workdir of a stage-2 training run.")
-    with open(cfg_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.get("stage") != "rq_transformer":
-        raise ValueError(
-            f"{workdir} holds a config.stage={config.get('stage')!r} run, not a stage-2 'rq_transformer' run "
-            "(sampling needs the stage-2 workdir; the stage-1 one is found from it)."
-        )
-    abstract = nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(0)))
-    graph, params = nnx.split(abstract)
-    ckpt = checkpoints.Checkpointer(workdir, with_data=False, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    ckpt.close()
-    if step is None:
-        raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; train stage 2 first.")
-    where = ckpt.directory / str(step)
-    try:
-        tree = ocp.StandardCheckpointer().restore(where / "state")
-    except Exception as e:  # noqa: BLE001
-        raise checkpoints.CheckpointError(f"The checkpoint {where} could not be read ({type(e).__name__}).") from e
-    return nnx.merge(graph, _fill(params, tree["params"], str(where))), config, step
+    config = checkpoints.read_run_config(
+        workdir, "rq_transformer", "stage-2", " (sampling needs the stage-2 workdir; the stage-1 one is found from it)"
+    )
+    graph, params = nnx.split(nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(0))))
+    parts, step = checkpoints.restore_parts(workdir, {"params": params}, step)
+    return nnx.merge(graph, parts["params"]), config, step

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from rq_jax import checkpoints, losses, metrics, sharding
@@ -75,9 +74,8 @@ def load_perceptual(config: ml_collections.ConfigDict):
     return nnx.split(lp)
 
 
-def make_optimizer(lr: float, tc: ml_collections.ConfigDict, total_steps: int, warmup: int):
+def make_optimizer(lr: float, tc: ml_collections.ConfigDict, warmup: int):
     """Adam(b1, b2) with linear warm-up to a constant learning rate, optional clipping and decay."""
-    del total_steps
     schedule = optax.linear_schedule(0.0, lr, max(warmup, 1)) if warmup > 0 else optax.constant_schedule(lr)
     parts = []
     if tc.grad_clip > 0:
@@ -92,12 +90,6 @@ def steps_for(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[
     total = tc.num_steps if tc.num_steps > 0 else int(round(tc.num_epochs * steps_per_epoch))
     warmup = tc.warmup_steps if tc.warmup_steps > 0 else int(round(tc.warmup_epochs * steps_per_epoch))
     return max(total, 1), max(warmup, 0)
-
-
-def _fresh_buffers(tree: Any, shardings: Any) -> Any:
-    """Places every leaf in its own buffer: donation fails if two leaves share one (the fresh codebook's
-    embedding and EMA sums start equal)."""
-    return jax.tree.map(lambda a, s: jax.device_put(jnp.array(a, copy=True), s, may_alias=False), tree, shardings)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,8 +262,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics.log_line(f"data: {info.description}; {info.num_examples} training images, {total} steps")
 
     (gen_graph, disc_graph), parts = build_models(config, jax.random.key(config.seed))
-    tx_gen, lr_gen = make_optimizer(tc.lr, tc, total, warmup)
-    tx_disc, _ = make_optimizer(tc.disc_lr, tc, total, warmup)
+    tx_gen, lr_gen = make_optimizer(tc.lr, tc, warmup)
+    tx_disc, _ = make_optimizer(tc.disc_lr, tc, warmup)
     lpips_graph, lpips_state = load_perceptual(config)
     repl = sharding.replicated(mesh)
 
@@ -288,7 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
     ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     state, start, how = checkpoints.restore_or_init(
-        ckpt, abstract, lambda: _fresh_buffers(init_state(), state_sharding), data_iter,
+        ckpt, abstract, lambda: sharding.place(init_state(), state_sharding), data_iter,
         init_from=config.init_from, init_from_keys=("gen", "codebook", "disc", "disc_stats"),
     )
     metrics.log_line(f"state: {how} (step {start}); mesh {dict(mesh.shape)}")
@@ -367,50 +359,8 @@ def load_rqvae(workdir: str, step: int | None = None) -> tuple[RQVAE, ml_collect
     Reads `<workdir>/config.json` and restores only the generator and codebook from the checkpoint,
     without random initialisation (the model is built abstractly and filled from the checkpoint).
     """
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(
-            f"{cfg_path} does not exist: give the --workdir of a stage-1 training run "
-            "(python -m rq_jax.train --config configs/rqvae/... --workdir DIR)."
-        )
-    with open(cfg_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.get("stage") != "rqvae":
-        raise ValueError(f"{workdir} holds a config.stage={config.get('stage')!r} run, not a stage-1 'rqvae' run.")
+    config = checkpoints.read_run_config(workdir, "rqvae", "stage-1")
     abstract = nnx.eval_shape(lambda: RQVAE(config.model, rngs=nnx.Rngs(0)))
     graph, params, codebook = nnx.split(abstract, nnx.Param, CodebookVar)
-    ckpt = checkpoints.Checkpointer(workdir, with_data=False, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; train first or pass another --workdir.")
-    try:
-        tree = ocp.StandardCheckpointer().restore(ckpt.directory / str(step) / "state")
-    except Exception as e:  # noqa: BLE001
-        raise checkpoints.CheckpointError(
-            f"The checkpoint {ckpt.directory / str(step)} could not be read ({type(e).__name__}); "
-            "pick another step or retrain."
-        ) from e
-    ckpt.close()
-    params = _fill(params, tree["gen"], str(ckpt.directory / str(step)))
-    codebook = _fill(codebook, tree["codebook"], str(ckpt.directory / str(step)))
-    return nnx.merge(graph, params, codebook), config, step
-
-
-def _fill(abstract_state: Any, saved: Any, where: str) -> Any:
-    """Looks every abstract leaf up by its path in the restored dict (checking shapes), as that state."""
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
-    out = []
-    for path, leaf in paths_leaves:
-        node = saved
-        for key in path:
-            name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
-            node = node.get(name, node.get(str(name))) if isinstance(node, dict) else None
-            if node is None:
-                break
-        if node is None or tuple(np.shape(node)) != tuple(leaf.shape):
-            raise checkpoints.CheckpointError(
-                f"The checkpoint {where} does not match the model described by its config.json "
-                f"(at {jax.tree_util.keystr(path)}); it was written by another model configuration."
-            )
-        out.append(jnp.asarray(node, leaf.dtype))
-    return jax.tree.unflatten(treedef, out)
+    parts, step = checkpoints.restore_parts(workdir, {"gen": params, "codebook": codebook}, step)
+    return nnx.merge(graph, parts["gen"], parts["codebook"]), config, step

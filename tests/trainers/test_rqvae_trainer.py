@@ -135,12 +135,13 @@ def test_missing_lpips_weights_name_the_file(tmp_path):
         trainer.train(c, str(tmp_path / "w"))
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --workdir works (orbax itself needs absolute paths)
     wd = tmp_path / "w"
-    trainer.train(tiny_config(2, tmp_path), str(wd))
+    trainer.train(tiny_config(2, tmp_path), "w")
     c = tiny_config(4, tmp_path)
     c.train.lr = 1e30  # Adam steps of size ~lr: the parameters overflow at once
     with pytest.raises(trainer.TrainingDiverged, match=r"became NaN/Inf; the last good checkpoint is step 2"):
-        trainer.train(c, str(wd))
+        trainer.train(c, "w")
     assert sorted(os.listdir(wd / "checkpoints")) == ["2"]
     assert int(saved_state(wd, 2)["step"]) == 2

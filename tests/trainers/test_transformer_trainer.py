@@ -89,7 +89,7 @@ def test_loss_falls_well_below_log_k_on_a_fixed_code_set():
     step = jax.jit(partial(t2.train_step, graph=graph, config=c, tx=tx))
     losses = []
     for _ in range(150):
-        state, m = step(state, batch, codebook)
+        state, m = step(state, batch, codebook, jnp.zeros((1, 1), jnp.int32))
         losses.append(float(m["loss"]))
     assert losses[0] > 0.8 * math.log(k)
     assert np.mean(losses[-5:]) < 0.25 * math.log(k), losses[-5:]
@@ -103,3 +103,22 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
     decayed = [p for p, v in flat.items() if v]
     assert decayed and all("kernel" in p for p in decayed)
     assert not any(v for p, v in flat.items() if "emb" in p or "bias" in p or "scale" in p)
+
+
+@pytest.mark.slow
+def test_text_conditioned_training_and_prompts(runs):
+    from rq_jax.sample import main
+
+    tmp, c_class, _ = runs
+    c = load_config("configs/transformer/demo.py", "runlocal")
+    c.rqvae, c.rqvae_workdir, c.data.features_dir = c_class.rqvae, c_class.rqvae_workdir, c_class.data.features_dir
+    c.model.update(dict(cond="text", text_len=6, text_vocab_size=64))
+    c.text.vocab_size = 48
+    scalars = t2.train(c, str(tmp / "text"))
+    assert np.isfinite(scalars["eval/bits_per_code"]) and (tmp / "text" / "tokenizer.json").exists()
+    main(["--workdir", str(tmp / "text"), "--prompt", "digit three", "--prompt", "digit seven", "--num", "2",
+          "--out", str(tmp / "t.png")])
+    assert np.load(tmp / "t.npz")["codes"].shape[0] == 4
+    with pytest.raises(ValueError, match=r"is \d+ tokens long but the model takes at most 6"):
+        main(["--workdir", str(tmp / "text"), "--prompt", "digit one two three four five six seven",
+              "--out", str(tmp / "t2.png")])
