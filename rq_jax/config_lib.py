@@ -306,8 +306,11 @@ def table5_transformer(name: str, arg: str | None = None) -> ml_collections.Conf
         # Paper: batch 16, early stopping where the validation loss is lowest (epoch 39 of 200).
         c.train.update(dict(batch_size=16, eval_every=2000, early_stop_patience=10))
     c.sample.update(dict(top_k=row["top_k"], top_p=row["top_p"]))
+    if row["cond"] == "text":
+        c.text.vocab_size = 16384  # the official bpe16k; or --config.text.tokenizer=DIR with its vocab/merges
     if "runlocal" in args:
         transformer_runlocal(c)
         if row["cond"] == "text":
             c.model.update(dict(text_vocab_size=64, text_len=4))
+            c.text.vocab_size = 64
     return c

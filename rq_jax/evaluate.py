@@ -12,6 +12,12 @@
                statistics (`mu`, `sigma`: pytorch-fid's and ADM's format); and the Inception Score of the
                fake set when it is images.
 
+  judge        --samples S.npz --data_config CONFIG.py [--judge PATH] [--steps N] [--out JSON]: judges the
+               conditional samples of `python -m rq_jax.sample` (`images`, `cond`) with a small CNN trained
+               on the real data of the config's `data` section (trained and cached at --judge when missing,
+               see rq_jax/judge.py): the fraction classified as their requested class vs chance, per class,
+               and a "demo FID" on the judge's penultimate 128-d features, with a real-validation floor.
+
 Weights are read from local files written by `python -m rq_jax.convert lpips|inception`. The evaluation
 runs in one process and reads the whole split itself (no multi-host sharding).
 """
@@ -449,8 +455,22 @@ def _run_fid(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _run_judge(args: argparse.Namespace) -> None:
+    from rq_jax import judge
+
+    if not os.path.isfile(args.samples):  # before loading the config or any data
+        raise FileNotFoundError(f"The samples file {args.samples!r} does not exist; write one with "
+                                "`python -m rq_jax.sample --workdir STAGE2 --classes ... --out s.png`.")
+    result = judge.judge_samples(args.samples, judge.data_config_from_file(args.data_config),
+                                 judge_path=args.judge, train_steps=args.steps, seed=args.seed)
+    print(judge.format_judge_report(result))
+    out = args.out or os.path.splitext(args.samples)[0] + "_judge.json"
+    _write_json(out, result)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The `python -m rq_jax.evaluate` argument parser (subcommands recon, reconstruct, fid)."""
+    """The `python -m rq_jax.evaluate` argument parser (subcommands recon, reconstruct, fid, judge)."""
     parser = argparse.ArgumentParser(
         prog="python -m rq_jax.evaluate", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -487,6 +507,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--save_real_stats", default=None, help="also write the real set's mu/sigma to this .npz")
     f.add_argument("--out", default=None, help="JSON output")
     f.set_defaults(run=_run_fid)
+
+    j = sub.add_parser("judge", help="class accuracy and demo FID of conditional samples under a small trained CNN")
+    j.add_argument("--samples", required=True, help=".npz from python -m rq_jax.sample (images uint8, cond)")
+    j.add_argument("--data_config", required=True, help="config .py whose get_config().data is the real data "
+                   "(e.g. configs/rqvae/demo.py)")
+    j.add_argument("--judge", default=None, help="judge weights .npz, trained and cached there when missing "
+                   "(default: judge_<dataset>_<size>....npz in the embedded-data cache folder)")
+    j.add_argument("--steps", type=int, default=600, help="training steps of a new judge")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--out", default=None, help="JSON output (default: <samples>_judge.json)")
+    j.set_defaults(run=_run_judge)
     return parser
 
 

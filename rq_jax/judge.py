@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -178,9 +179,10 @@ def train_judge(
 ) -> tuple[JudgeCNN, float]:
     """Trains a judge on the real training split of `data_config`; returns (model, validation accuracy).
 
-    AdamW with warmup + cosine decay, label smoothing 0.1, class-balanced batches (`balanced`); augmentation as `_augment` (flips only when
-    `data_config.random_flip`, off in the demo because emoji include text-like symbols). The accuracy is
-    on the held-out `validation` split. With `out_path` the weights and metadata are saved there.
+    AdamW with warmup + cosine decay, label smoothing 0.1, class-balanced batches (`balanced`);
+    augmentation as `_augment` (flips only when `data_config.random_flip`, off in the demo because emoji
+    include text-like symbols). The accuracy is on the held-out `validation` split. With `out_path` the
+    weights and metadata are saved there.
     """
     from rq_jax.data.pipeline import resolve_config
 
@@ -348,7 +350,8 @@ def judge_samples(
         model, meta = load_judge(judge_path)
         trained = False
     else:
-        log.info("training a judge (%d steps) and caching it at %s", train_steps, judge_path)
+        print(f"training a judge ({train_steps} steps) on the real data, cached at {judge_path}", file=sys.stderr,
+              flush=True)
         train_judge(cfg, steps=train_steps, seed=seed, out_path=judge_path, max_images=max_images)
         model, meta = load_judge(judge_path)
         trained = True
@@ -366,11 +369,13 @@ def judge_samples(
     pred = np.argmax(logits, -1)
     hit = pred == cond
     names = list(info.class_names)
+    val_pred = np.argmax(val_logits, -1)
+    val_recall = {c: float(np.mean(val_pred[y_val == c] == c)) for c in np.unique(y_val)}
     per_class = {}
     for c in np.unique(cond):
         sel = cond == c
         per_class[names[int(c)]] = {"class": int(c), "num": int(sel.sum()), "fraction_classified_as_requested":
-                                    float(hit[sel].mean())}
+                                    float(hit[sel].mean()), "judge_recall_on_real_val": val_recall.get(c)}
     result: dict[str, Any] = {
         "samples": samples_path,
         "num_samples": int(images.shape[0]),
@@ -378,7 +383,8 @@ def judge_samples(
         "num_classes": int(model.num_classes),
         "judge": judge_path,
         "judge_trained_now": trained,
-        "judge_val_accuracy": float(np.mean(np.argmax(val_logits, -1) == y_val)),
+        "judge_val_accuracy": float(np.mean(val_pred == y_val)),
+        "judge_val_balanced_accuracy": float(np.mean(list(val_recall.values()))),
         "num_val": int(y_val.shape[0]),
         "conditional_accuracy": float(hit.mean()),
         "chance": 1.0 / model.num_classes,
@@ -401,13 +407,15 @@ def format_judge_report(result: dict[str, Any]) -> str:
     lines = [
         f"{result['num_samples']} samples of {result['samples']} judged on {result['dataset']}",
         f"  judge: {result['judge']} ({'trained now' if result['judge_trained_now'] else 'cached'}), validation "
-        f"accuracy {result['judge_val_accuracy']:.3f} on {result['num_val']} real images",
+        f"accuracy {result['judge_val_accuracy']:.3f} (class-balanced {result['judge_val_balanced_accuracy']:.3f}) "
+        f"on {result['num_val']} real images",
         f"  classified as their requested class: {result['conditional_accuracy']:.3f} "
         f"(chance {result['chance']:.3f} = 1/{result['num_classes']})",
     ]
     for name, v in result["per_class"].items():
-        lines.append(f"    class {v['class']:>3} {name[:28]:<28} {v['fraction_classified_as_requested']:.3f} "
-                     f"of {v['num']}")
+        recall = v["judge_recall_on_real_val"]
+        lines.append(f"    class {v['class']:>3} {name[:24]:<24} {v['fraction_classified_as_requested']:.3f} of "
+                     f"{v['num']:<5} (real validation images: {'-' if recall is None else f'{recall:.3f}'})")
     lines.append(f"  demo FID ({result['feature_extractor']}): samples vs train {result['demo_fid']:.3f}")
     floor = f"  floor, real validation vs train: {result['demo_fid_real_val']:.3f} ({result['num_val']} images)"
     if "demo_fid_real_val_same_n" in result:

@@ -13,8 +13,10 @@ the spatial sequence (T = 32 + 64 - 1 = 95 inputs); tau 0.5; samples with top-k 
 Layers: Table 5 lists 24 spatial layers, but the released state dict
 (tests/data/official_state_dicts/cc3m-rqtransformer-8x8x4-650M.txt) and the official yaml have 26, and only
 26 gives the 654M parameters of Table 5; this config follows the release.
-Not yet wired: the extractor reads the stage-1 run's dataset (point its data config at CC-3M captions), and
-the stage-2 trainer and `rq_jax.sample` have no BPE tokenizer / text pipeline yet.
+Text: the tokenizer is trained on the captions (`text.vocab_size` 16384), or pass the official CharBPE files
+with `--config.text.tokenizer=DIR` (vocab.json + merges.txt of bpe16k_huggingface). The official run also
+trains next-text-token prediction (loss weights 0.1 text / 0.9 image); the stage-2 trainer here has the image
+loss only. The extractor reads the stage-1 run's data config: point it at CC-3M (images with captions).
 """
 
 from rq_jax.config_lib import table5_transformer

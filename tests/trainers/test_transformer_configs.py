@@ -95,6 +95,8 @@ def test_full_config_matches_table5(name):
         assert (m.text_len, m.text_vocab_size) == (32, 16384)
     assert (c.sample.top_k, c.sample.top_p) == SAMPLING.get(name, (512, 0.95))
     assert c.rqvae_workdir.startswith("./workdirs/rqvae_")
+    if cond == "text":
+        assert c.text.vocab_size <= m.text_vocab_size
 
 
 @pytest.mark.parametrize("name", ["lsun_church", "imagenet_821m"])
@@ -133,3 +135,5 @@ def test_runlocal_builds_a_model(name):
     assert c.model.vocab_size == c.rqvae.model.codebook_size == 64
     assert tuple(c.model.code_shape) == tuple(c.rqvae.model.code_shape)
     assert eval_shape_params(c.model) == count_params(c.model) < 2_000_000
+    if c.model.cond == "text":
+        assert c.text.vocab_size <= c.model.text_vocab_size
