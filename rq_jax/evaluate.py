@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. configs/rqvae/demo.py)")
     j.add_argument("--judge", default=None, help="judge weights .npz, trained and cached there when missing "
                    "(default: judge_<dataset>_<size>....npz in the embedded-data cache folder)")
-    j.add_argument("--steps", type=int, default=600, help="training steps of a new judge")
+    j.add_argument("--steps", type=int, default=1200, help="training steps of a new judge")
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--out", default=None, help="JSON output (default: <samples>_judge.json)")
     j.set_defaults(run=_run_judge)

@@ -11,7 +11,9 @@ the same `config.data`:
     only comparable with itself (same judge, same number of samples), never with Inception FIDs.
 
 `train_judge(data_config, steps=..., out_path=...)` trains and saves one (`.npz`: weights + metadata),
-`load_judge(path)` reads it back, `judge_features(model, images)` gives (logits, features).
+`load_judge(path)` reads it back, `predict(model, images)` gives (logits, features); `judge_samples`
+is the `python -m rq_jax.evaluate judge` command. The CNN: 3 x (3x3 conv, GroupNorm, ReLU, 2x2 pool) with
+16/32/64 channels, global mean pool, dense 128 (the features), classifier.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class JudgeCNN(nnx.Module):
     Input: images [B, S, S, 3] in [-1, 1]. `features` is the penultimate `feature_dim` activation.
     """
 
-    def __init__(self, num_classes: int, *, width: int = 32, feature_dim: int = 128, image_size: int = 32,
+    def __init__(self, num_classes: int, *, width: int = 16, feature_dim: int = 128, image_size: int = 32,
                  rngs: nnx.Rngs):
         if num_classes < 2:
             raise ValueError(f"A judge needs labelled data with at least 2 classes, got {num_classes}.")
@@ -167,12 +169,12 @@ def predict(model: JudgeCNN, images: np.ndarray, *, batch_size: int = 256) -> tu
 def train_judge(
     data_config: Mapping[str, Any] | Any,
     *,
-    steps: int = 600,
+    steps: int = 1200,
     batch_size: int = 64,
     seed: int = 0,
     out_path: str | None = None,
-    lr: float = 3e-3,
-    width: int = 32,
+    lr: float = 5e-3,
+    width: int = 16,
     feature_dim: int = 128,
     max_images: int | None = 50_000,
     balanced: bool = True,
@@ -312,7 +314,7 @@ def judge_samples(
     data_config: Any,
     *,
     judge_path: str | None = None,
-    train_steps: int = 600,
+    train_steps: int = 1200,
     seed: int = 0,
     max_images: int | None = 50_000,
 ) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from rq_jax import evaluate, judge
 from rq_jax.data import to_uint8
 
 LIMIT = 400  # 360 training, 40 validation images (val_every 10)
-STEPS = 150
+STEPS = 300
 
 
 @pytest.fixture(scope="module")
