@@ -3,7 +3,7 @@
   python -m rq_jax.train --config configs/rqvae/demo.py --workdir /tmp/rqvae_demo
   python -m rq_jax.train --config configs/rqvae/demo.py:runlocal --workdir /tmp/rqvae_tiny
 
-32x32 images -> 8x8x4 codes from a shared codebook of 256 codes (f = 4), trained in a few minutes
+32x32 images -> 8x8x4 codes from a shared codebook of 128 codes (f = 4), trained in a few minutes
 on a 2-core CPU. No LPIPS (its weights are a download) and the PatchGAN starts late and weak,
 since with so few steps the L1 term does the work.
 """
@@ -14,7 +14,7 @@ from rq_jax.config_lib import rqvae_config, runlocal
 def get_config(arg: str | None = None):
     c = rqvae_config()
     c.model.update(dict(resolution=32, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
-                        z_channels=64, embed_dim=64, code_shape=(8, 8, 4), codebook_size=256))
+                        z_channels=64, embed_dim=64, code_shape=(8, 8, 4), codebook_size=128))
     c.data.name = "embedded"
     c.data.image_size = 32
     c.data.random_flip = False  # emoji include text-like symbols
