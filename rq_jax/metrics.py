@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from rq_jax.data.transforms import to_uint8
+
 
 def create_writer(workdir: str):
     """clu's default writer (TensorBoard files + log lines) on process 0, logging only elsewhere."""
@@ -48,11 +50,6 @@ def format_seconds(s: float) -> str:
         return "?"
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] float images -> uint8."""
-    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rq_jax import metrics
+from rq_jax.data.transforms import to_uint8
 from rq_jax.sampling import SamplingConfig, parse_per_depth, sample_codes
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
     images = np.asarray(jax.jit(lambda c: decoder.decode(c))(codes))
     grid = metrics.image_grid(list(images.reshape(rows, n, *images.shape[1:])))
     metrics.save_png(args.out, grid, upscale=max(1, 64 // images.shape[1]))
-    out = dict(codes=np.asarray(codes), images=metrics.to_uint8(images),
+    out = dict(codes=np.asarray(codes), images=to_uint8(images),
                cond=np.asarray(cond) if cond is not None else np.zeros((0,), np.int32))
     np.savez(os.path.splitext(args.out)[0] + ".npz", **out)
     print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.npz ({rows * n} samples, stage-2 step {step})")

@@ -13,7 +13,6 @@ Read top to bottom:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from functools import partial
@@ -41,15 +40,6 @@ class TrainingDiverged(RuntimeError):
 # ---------------------------------------------------------------------------------------------------
 # 1. Setup
 # ---------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Models:
-    """Graph definitions (static) of the modules whose state lives in the train state."""
-
-    gen_graph: Any
-    disc_graph: Any
-    lpips_graph: Any | None
-
-
 def build_models(config: ml_collections.ConfigDict, rng: jax.Array):
     """Creates the RQ-VAE and the discriminator and splits them into graphs and state."""
     r_gen, r_disc = jax.random.split(rng)
