@@ -32,7 +32,7 @@ Config schema (`config.model`, see `rqvae_model_config`):
     codebook_size     int     K
     dtype             str     compute dtype of encoder/decoder ("float32" or "bfloat16")
     param_dtype       str     parameter dtype ("float32")
-    quantizer.decay, eps, restart, restart_threshold, update, impl, commitment_reduction
+    quantizer.decay, eps, restart, restart_threshold, update_mode, impl, commitment_reduction
                               options of `rq_jax.quantizer.rq_quantize_train` (see QuantizerConfig)
 """
 
@@ -74,7 +74,8 @@ class QuantizerConfig:
     depth: D, the number of residual codes per position (code_shape[2]).
     decay, eps: EMA decay and Laplace smoothing of the codebook statistics.
     restart, restart_threshold: restart codes whose EMA count falls below the threshold.
-    update: "per_depth" (official order) or "once" (one EMA step per forward).
+    update_mode: "per_depth" (official order) or "once" (one EMA step per forward); not called `update`,
+      which is a ConfigDict method that command-line overrides cannot reach.
     impl: nearest-code implementation ("auto", "xla", "pallas", ...).
     commitment_reduction: "mean" (official) or "sum" (Eq. 7) over depths.
     """
@@ -84,13 +85,13 @@ class QuantizerConfig:
     eps: float = 1e-5
     restart: bool = True
     restart_threshold: float = 1.0
-    update: str = "per_depth"
+    update_mode: str = "per_depth"
     impl: str = "auto"
     commitment_reduction: str = "mean"
 
     def __post_init__(self):
-        if self.update not in UPDATE_MODES:
-            raise ValueError(f"Unknown codebook update mode {self.update!r}; choose one of {UPDATE_MODES}.")
+        if self.update_mode not in UPDATE_MODES:
+            raise ValueError(f"Unknown codebook update mode {self.update_mode!r}; choose one of {UPDATE_MODES}.")
         if self.commitment_reduction not in REDUCTIONS:
             raise ValueError(
                 f"Unknown commitment reduction {self.commitment_reduction!r}; choose one of {REDUCTIONS}."
@@ -100,7 +101,7 @@ class QuantizerConfig:
             raise ValueError(f"The quantizer needs 0 <= decay < 1 and depth >= 1; got {got}.")
 
 
-_QUANTIZER_FIELDS = ("decay", "eps", "restart", "restart_threshold", "update", "impl", "commitment_reduction")
+_QUANTIZER_FIELDS = ("decay", "eps", "restart", "restart_threshold", "update_mode", "impl", "commitment_reduction")
 
 
 def rqvae_model_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -125,7 +126,7 @@ def rqvae_model_config(**overrides: Any) -> ml_collections.ConfigDict:
     cfg.dtype = "float32"
     cfg.param_dtype = "float32"
     cfg.quantizer = ml_collections.ConfigDict(
-        dict(decay=0.99, eps=1e-5, restart=True, restart_threshold=1.0, update="per_depth", impl="auto",
+        dict(decay=0.99, eps=1e-5, restart=True, restart_threshold=1.0, update_mode="per_depth", impl="auto",
              commitment_reduction="mean")
     )
     for key, value in overrides.items():
@@ -320,7 +321,7 @@ class RQVAE(nnx.Module):
         z = self.encode_features(x_BxHxWx3, train=True, rng=rng_enc)
         out, new_state = rq_quantize_train(
             z, self.codebook_state, q.depth, rng_q if q.restart else None, decay=q.decay, eps=q.eps,
-            restart=q.restart, restart_threshold=q.restart_threshold, update=q.update, impl=q.impl,
+            restart=q.restart, restart_threshold=q.restart_threshold, update=q.update_mode, impl=q.impl,
             commitment_reduction=q.commitment_reduction,
         )
         dec = self.decode_features(
