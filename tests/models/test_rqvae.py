@@ -327,7 +327,7 @@ def test_bad_inputs_and_config_fields_raise():
     with pytest.raises(ValueError, match="Unknown quantizer field 'decy'"):
         rqvae_model_config(quantizer=dict(decy=0.9))
     with pytest.raises(ValueError, match="update mode 'twice'"):
-        abstract_model(tiny_config(quantizer=dict(update="twice")))
+        abstract_model(tiny_config(quantizer=dict(update_mode="twice")))
 
 
 def test_default_config_is_official_imagenet():
