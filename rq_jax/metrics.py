@@ -83,3 +83,23 @@ def psnr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def log_line(msg: str) -> None:
     if jax.process_index() == 0:
         print(msg, flush=True)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the message says which checkpoint is the last good one."""
+
+
+def mean_finite(pending: list[dict], step: int, last_saved: int | None, ckpt_dir: Any, fix: str) -> dict[str, float]:
+    """Averages the step metrics gathered since the last log (one host sync) and empties `pending`.
+
+    Raises TrainingDiverged naming the non-finite metrics, the last good checkpoint (left intact) and `fix`.
+    """
+    m = {k: float(np.mean([p[k] for p in jax.device_get(pending)])) for k in pending[0]}
+    pending.clear()
+    bad = [k for k, v in m.items() if not np.isfinite(v)]
+    if bad:
+        raise TrainingDiverged(
+            f"Training diverged by step {step}: {', '.join(bad)} became NaN/Inf; the last good checkpoint is "
+            f"step {last_saved} in {ckpt_dir} (left intact): {fix}"
+        )
+    return m

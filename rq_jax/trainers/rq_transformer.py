@@ -30,13 +30,10 @@ from flax import nnx
 
 from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
+from rq_jax.metrics import TrainingDiverged  # noqa: F401 (re-exported: trainer.TrainingDiverged)
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.quantizer import rq_soft_codes
 from rq_jax.sampling import SamplingConfig, sample_codes
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/Inf; the message says which checkpoint is the last good one."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -250,14 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             pending.append(m)
             step += 1
             if step % tc.log_every == 0 or step == total:
-                m = {k: float(np.mean([p[k] for p in jax.device_get(pending)])) for k in pending[0]}
-                pending.clear()
-                bad = [k for k, v in m.items() if not np.isfinite(v)]
-                if bad:
-                    raise TrainingDiverged(
-                        f"Training diverged by step {step}: {', '.join(bad)} became NaN/Inf; the last good "
-                        f"checkpoint is step {last_saved} in {ckpt.directory} (left intact): lower config.train.lr."
-                    )
+                m = metrics.mean_finite(pending, step, last_saved, ckpt.directory, "lower config.train.lr.")
                 m["lr"] = float(schedule(step))
                 writer.write_scalars(step, m)
                 metrics.log_line(progress.line(step, {k: m[k] for k in ("loss", "bits_per_code", "acc_d0")}))

@@ -28,13 +28,10 @@ from flax import nnx
 from rq_jax import checkpoints, losses, metrics, sharding
 from rq_jax.config_lib import check_known_keys, rqvae_config
 from rq_jax.data.pipeline import build_image_pipeline, eval_batches
+from rq_jax.metrics import TrainingDiverged  # noqa: F401 (re-exported: trainer.TrainingDiverged)
 from rq_jax.models.discriminator import NLayerDiscriminator
 from rq_jax.models.rqvae import RQVAE, CodebookVar
 from rq_jax.quantizer import codebook_usage, ema_dead_codes
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/Inf; the message says which checkpoint is the last good one."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,15 +297,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             pending.append(m)  # device arrays: no host sync until the log step
             step += 1
             if step % tc.log_every == 0 or step == total:
-                m = {k: float(np.mean([p[k] for p in jax.device_get(pending)])) for k in pending[0]}
-                pending.clear()
-                bad = [k for k, v in m.items() if not np.isfinite(v)]
-                if bad:
-                    raise TrainingDiverged(
-                        f"Training diverged by step {step}: {', '.join(bad)} became NaN/Inf; the last good "
-                        f"checkpoint is step {last_saved} in {ckpt.directory} (left intact): lower "
-                        "config.train.lr or enable config.train.grad_clip and restart."
-                    )
+                m = metrics.mean_finite(pending, step, last_saved, ckpt.directory,
+                                        "lower config.train.lr or enable config.train.grad_clip and restart.")
                 m["lr"] = float(lr_gen(step))
                 m["skipped_images"] = info.skipped.count
                 m["steps_per_sec"] = progress.rate(step)
