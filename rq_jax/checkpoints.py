@@ -165,8 +165,9 @@ def read_run_config(workdir: str, stage: str, label: str, fix: str = ""):
 def restore_parts(workdir: str, abstract_parts: dict[str, Any], step: int | None = None) -> tuple[dict, int]:
     """Restores some top-level entries of a run's saved train state onto abstract nnx states.
 
-    The checkpoint is read without a target and every abstract leaf is looked up by its path, with
-    shapes checked, so a model can be rebuilt with `nnx.eval_shape` and filled (no random init).
+    The checkpoint is read onto this process's first device whatever mesh wrote it (a run trained on
+    8 devices loads on 1), and every abstract leaf is looked up by its path, with shapes checked, so a
+    model can be rebuilt with `nnx.eval_shape` and filled (no random init).
     """
     ckpt = Checkpointer(workdir, with_data=False, async_save=False)
     step = ckpt.latest_step() if step is None else step
@@ -175,7 +176,13 @@ def restore_parts(workdir: str, abstract_parts: dict[str, Any], step: int | None
         raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; train first or pass another --workdir.")
     where = ckpt.directory / str(step)
     try:
-        tree = ocp.StandardCheckpointer().restore(where / "state")
+        reader = ocp.StandardCheckpointer()
+        meta = reader.metadata(where / "state")
+        meta_tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta_tree,
+                              is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+        tree = reader.restore(where / "state", target)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(
             f"The checkpoint {where} could not be read ({type(e).__name__}); pick another step or retrain."

@@ -12,6 +12,11 @@
                statistics (`mu`, `sigma`: pytorch-fid's and ADM's format); and the Inception Score of the
                fake set when it is images.
 
+  generate     --workdir STAGE2_RUN --ref DIR_OR_NPZ --inception PATH [--num 50000] [--batch_size B]
+               [--top_k/--top_p/--temperature/--cfg_scale] [--prompts FILE] [--save_images DIR] [--save_npz F]
+               [--precision_recall] [--out JSON]: samples N images (classes balanced, the run's sampling
+               settings; sharded over all devices), decodes them and reports FID, IS and optionally
+               improved precision/recall against --ref (see rq_jax/generate_eval.py).
   judge        --samples S.npz --data_config CONFIG.py [--judge PATH] [--steps N] [--out JSON]: judges the
                conditional samples of `python -m rq_jax.sample` (`images`, `cond`) with a small CNN trained
                on the real data of the config's `data` section (trained and cached at --judge when missing,
@@ -470,7 +475,7 @@ def _run_judge(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `python -m rq_jax.evaluate` argument parser (subcommands recon, reconstruct, fid, judge)."""
+    """The `python -m rq_jax.evaluate` argument parser (subcommands recon, reconstruct, fid, generate, judge)."""
     parser = argparse.ArgumentParser(
         prog="python -m rq_jax.evaluate", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -507,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--save_real_stats", default=None, help="also write the real set's mu/sigma to this .npz")
     f.add_argument("--out", default=None, help="JSON output")
     f.set_defaults(run=_run_fid)
+
+    from rq_jax import generate_eval
+
+    generate_eval.add_parser(sub)
 
     j = sub.add_parser("judge", help="class accuracy and demo FID of conditional samples under a small trained CNN")
     j.add_argument("--samples", required=True, help=".npz from python -m rq_jax.sample (images uint8, cond)")

@@ -1,11 +1,13 @@
-"""Fréchet Inception Distance and Inception Score from network outputs (numpy/scipy; no network here).
+"""Fréchet Inception Distance, Inception Score, precision/recall from network outputs (numpy/scipy, JAX for k-NN).
 
 The definitions follow the reference implementations the published numbers come from:
   * FID (Heusel et al. 2017, as in TTUR and pytorch-fid): features -> (mean, unbiased covariance),
     d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)), the matrix square root by
     `scipy.linalg.sqrtm`, retried with eps on the diagonals when it is not finite;
   * IS (Salimans et al. 2016, openai/improved-gan): the softmax predictions are cut into `splits`
-    consecutive chunks (no shuffle), exp(E_x KL(p(y|x) || p(y))) per chunk, mean and std over chunks.
+    consecutive chunks (no shuffle), exp(E_x KL(p(y|x) || p(y))) per chunk, mean and std over chunks;
+  * improved precision and recall (Kynkaenniemi et al. 2019, as NVlabs' and ADM's evaluators): a
+    sample is "covered" by a set when it lies within the k-NN radius (k = 3) of some member of it.
 
 Statistics files are `.npz` archives with `mu` [F] and `sigma` [F, F], the format written by
 pytorch-fid (`--save-stats`) and read from ADM's (guided-diffusion) reference batches.
@@ -17,6 +19,8 @@ import logging
 import os
 import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import linalg
 
@@ -86,15 +90,35 @@ def frechet_distance_from_features(feats1_NxF: np.ndarray, feats2_MxF: np.ndarra
     f1, f2 = np.asarray(feats1_NxF, np.float64), np.asarray(feats2_MxF, np.float64)
     mu1, s1 = activation_statistics(f1)
     mu2, s2 = activation_statistics(f2)
-    dim = f1.shape[1]
-    if min(f1.shape[0], f2.shape[0]) > dim:
+    if min(f1.shape[0], f2.shape[0]) > f1.shape[1]:
         return frechet_distance(mu1, s1, mu2, s2)
     (few, mu_few), s_other = ((f1, mu1), s2) if f1.shape[0] <= f2.shape[0] else ((f2, mu2), s1)
-    x = (few - mu_few) / np.sqrt(few.shape[0] - 1)
-    inner = x @ s_other @ x.T
-    tr_covmean = np.sum(np.sqrt(np.clip(linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)))
     diff = mu1 - mu2
-    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * _low_rank_trace_sqrt(few, mu_few, s_other))
+
+
+def _low_rank_trace_sqrt(feats_NxF: np.ndarray, mu_F: np.ndarray, sigma_other_FxF: np.ndarray) -> float:
+    """Tr sqrtm(S S_other) for S the covariance of `feats` (n <= F rows), by an n x n eigenproblem."""
+    x = (feats_NxF - mu_F) / np.sqrt(feats_NxF.shape[0] - 1)
+    inner = x @ sigma_other_FxF @ x.T
+    return float(np.sum(np.sqrt(np.clip(linalg.eigvalsh((inner + inner.T) / 2), 0.0, None))))
+
+
+def frechet_distance_to_statistics(feats_NxF: np.ndarray, mu_F: np.ndarray, sigma_FxF: np.ndarray) -> float:
+    """FID between a feature set and reference statistics (mu, sigma), e.g. ADM's or pytorch-fid's files.
+
+    Exact and fast (no F x F sqrtm) when the set has no more vectors than dimensions, as
+    `frechet_distance_from_features`; otherwise `frechet_distance` of its statistics.
+    """
+    f = np.asarray(feats_NxF, np.float64)
+    mu1, s1 = activation_statistics(f)
+    mu2, s2 = np.asarray(mu_F, np.float64), np.asarray(sigma_FxF, np.float64)
+    if mu2.shape != mu1.shape or s2.shape != s1.shape:
+        raise ValueError(f"The statistics mu {mu2.shape}, sigma {s2.shape} do not match {f.shape[1]}-d features.")
+    if f.shape[0] > f.shape[1]:
+        return frechet_distance(mu1, s1, mu2, s2)
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * _low_rank_trace_sqrt(f, mu1, s2))
 
 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
@@ -165,3 +189,91 @@ def inception_score(
             kl = np.where(part > 0, part * (np.log(part) - np.log(p_y)), 0.0)
         scores.append(np.exp(kl.sum(axis=1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Improved precision and recall (Kynkaenniemi et al. 2019)
+# ---------------------------------------------------------------------------------------------------
+def _sq_dists(a_RxF: jax.Array, b_CxF: jax.Array) -> jax.Array:
+    """Squared Euclidean distances [R, C] (float32, full-precision matmul: no TF32 on GPUs)."""
+    ab = jnp.dot(a_RxF, b_CxF.T, precision=jax.lax.Precision.HIGHEST)
+    d = jnp.sum(a_RxF**2, axis=1)[:, None] + jnp.sum(b_CxF**2, axis=1)[None, :] - 2.0 * ab
+    return jnp.maximum(d, 0.0)
+
+
+@jax.jit
+def _knn_merge(best_RxK: jax.Array, a_RxF: jax.Array, b_CxF: jax.Array, b_valid_C: jax.Array) -> jax.Array:
+    """The K smallest squared distances [R, K] (ascending) so far, updated with one column chunk."""
+    d = jnp.where(b_valid_C[None, :], _sq_dists(a_RxF, b_CxF), jnp.inf)
+    merged = jnp.concatenate([best_RxK, d], axis=1)
+    return -jax.lax.top_k(-merged, best_RxK.shape[1])[0]
+
+
+@jax.jit
+def _covered_merge(covered_R: jax.Array, a_RxF: jax.Array, b_CxF: jax.Array, radii_sq_C: jax.Array) -> jax.Array:
+    """covered | (some b within its radius of a); padded columns have radius -inf."""
+    return covered_R | jnp.any(_sq_dists(a_RxF, b_CxF) <= radii_sq_C[None, :], axis=1)
+
+
+def _chunks(x_NxF: np.ndarray, chunk: int) -> list[tuple[jax.Array, jax.Array, int]]:
+    """(rows padded to `chunk`, validity mask, number of real rows) per chunk of rows."""
+    out = []
+    for start in range(0, x_NxF.shape[0], chunk):
+        part = x_NxF[start : start + chunk]
+        n = part.shape[0]
+        padded = np.zeros((chunk, x_NxF.shape[1]), np.float32)
+        padded[:n] = part
+        out.append((jnp.asarray(padded), jnp.asarray(np.arange(chunk) < n), n))
+    return out
+
+
+def knn_radii_sq(feats_NxF: np.ndarray, k: int = 3, *, chunk: int = 10000) -> np.ndarray:
+    """Squared distance [N] from each vector to its k-th nearest other vector of the set (self excluded)."""
+    n = feats_NxF.shape[0]
+    if n <= k:
+        raise ValueError(f"A {k}-NN radius needs more than {k} vectors, got {n}.")
+    chunk = min(chunk, n)
+    parts = _chunks(np.asarray(feats_NxF, np.float32), chunk)
+    radii = []
+    for a, _, na in parts:
+        best = jnp.full((chunk, k + 1), jnp.inf, jnp.float32)
+        for b, valid, _ in parts:
+            best = _knn_merge(best, a, b, valid)
+        radii.append(np.asarray(best[:na, k]))  # entry 0 is the vector itself
+    return np.concatenate(radii)
+
+
+def coverage(query_MxF: np.ndarray, ref_NxF: np.ndarray, radii_sq_N: np.ndarray, *, chunk: int = 10000
+             ) -> np.ndarray:
+    """bool [M]: whether each query lies within the radius of at least one reference vector."""
+    chunk_q, chunk_r = min(chunk, query_MxF.shape[0]), min(chunk, ref_NxF.shape[0])
+    ref_parts = _chunks(np.asarray(ref_NxF, np.float32), chunk_r)
+    radii = np.full((len(ref_parts) * chunk_r,), -np.inf, np.float32)
+    radii[: len(radii_sq_N)] = radii_sq_N
+    out = []
+    for a, _, na in _chunks(np.asarray(query_MxF, np.float32), chunk_q):
+        covered = jnp.zeros((chunk_q,), bool)
+        for i, (b, _, _) in enumerate(ref_parts):
+            covered = _covered_merge(covered, a, b, jnp.asarray(radii[i * chunk_r : (i + 1) * chunk_r]))
+        out.append(np.asarray(covered[:na]))
+    return np.concatenate(out)
+
+
+def precision_recall(real_feats_NxF: np.ndarray, fake_feats_MxF: np.ndarray, k: int = 3, *, chunk: int = 10000
+                     ) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaenniemi et al. 2019) of fake against real features.
+
+    Precision: the fraction of fake vectors within the k-NN radius of some real vector (radii among the
+    real set); recall: the fraction of real vectors within the k-NN radius of some fake vector. Distances
+    are computed on the default JAX device in float32 (features centred on the real mean first) in
+    `chunk` x `chunk` blocks, so memory stays O(chunk^2) for sets of 50k.
+    """
+    real = np.asarray(real_feats_NxF, np.float64)
+    fake = np.asarray(fake_feats_MxF, np.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"Precision/recall needs [N, F] and [M, F] features, got {real.shape} and {fake.shape}.")
+    centre = real.mean(axis=0)  # distances are translation invariant; centring keeps float32 accurate
+    real, fake = (real - centre).astype(np.float32), (fake - centre).astype(np.float32)
+    precision = coverage(fake, real, knn_radii_sq(real, k, chunk=chunk), chunk=chunk)
+    recall = coverage(real, fake, knn_radii_sq(fake, k, chunk=chunk), chunk=chunk)
+    return float(precision.mean()), float(recall.mean())

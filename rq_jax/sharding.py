@@ -2,7 +2,21 @@
 
 `config.mesh.shape` maps mesh axis names to sizes, one of which may be -1 ("the rest"), e.g.
 `{"data": -1, "fsdp": 1, "tensor": 1}`. Batches are sharded over every data-parallel axis
-("data" and "fsdp"); parameters here are replicated (FSDP/tensor parallel rules: a later issue).
+("data" and "fsdp").
+
+Parameters carry *logical* axis names (`logical_axes(...)` on their initialisers, e.g. a transformer's
+query kernel is ("embed", "heads"), a conv kernel (None, None, "conv_in", "conv_out")); one rules table,
+`config.mesh.rules` (default `DEFAULT_RULES`), maps logical names to mesh axes. With the defaults:
+
+    mesh {data: N}                  pure data parallelism: every parameter replicated
+    mesh {data: A, fsdp: B}         FSDP: every weight's "embed"/"conv_in" dimension split over fsdp,
+                                    optimizer state alike (it inherits the parameters' annotations)
+    mesh {..., tensor: C}           tensor parallelism: attention heads, MLP hidden units, the vocabulary
+                                    and conv output channels split over tensor
+
+so FSDP and tensor parallelism are config changes. A dimension that the mesh axes do not divide is left
+unsplit (replicated) rather than failing, so small models (and the tests' tiny ones) run on any mesh.
+Shardings only decide where data lives: under `jit` the results are the same on every mesh.
 """
 
 from __future__ import annotations
@@ -16,6 +30,34 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+# Logical axis name -> mesh axis (or axes, or None = replicated). Names not listed are replicated.
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),        # model width of the transformer weights
+    ("heads", "tensor"),      # attention heads (q/k/v outputs, proj inputs)
+    ("mlp", "tensor"),        # MLP hidden units
+    ("vocab", "tensor"),      # code / text-token logits
+    ("conv_in", "fsdp"),      # conv kernel input channels
+    ("conv_out", "tensor"),   # conv kernel output channels (and their biases / norms stay replicated)
+    ("classes", None),
+    ("length", None),
+    ("norm", None),
+    ("code_dim", None),
+)
+
+
+def logical_axes(initializer: Any, *names: str | None) -> Any:
+    """An initialiser whose parameter carries logical axis `names` (one per dimension) as metadata.
+
+    The annotation does not shard anything at creation (`eager_sharding=False`), so models can be built
+    anywhere (a CPU test, `nnx.eval_shape`); `state_shardings` turns the names into shardings.
+    """
+    from flax import nnx
+
+    return nnx.with_partitioning(initializer, tuple(names), eager_sharding=False)
 
 
 def mesh_from_config(shape: Mapping[str, int] | None = None, devices: list | None = None) -> Mesh:
@@ -70,3 +112,97 @@ def place(tree: Any, shardings: Any) -> Any:
     import jax.numpy as jnp
 
     return jax.tree.map(lambda a, s: jax.device_put(jnp.array(a, copy=True), s, may_alias=False), tree, shardings)
+
+
+def rules_from_config(rules: Any = None) -> Rules:
+    """`config.mesh.rules` ([[logical, mesh axis | [axes] | None], ...]) or the defaults, as a tuple table."""
+    if rules is None or len(rules) == 0:
+        return DEFAULT_RULES
+    out = []
+    for item in rules:
+        if len(item) != 2:
+            raise ValueError(f"config.mesh.rules entries must be [logical_name, mesh_axes], got {item!r}.")
+        name, axes = item
+        out.append((str(name), tuple(axes) if isinstance(axes, (list, tuple)) else axes))
+    return tuple(out)
+
+
+def mesh_spec(logical: tuple, shape: tuple[int, ...], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> P:
+    """The mesh PartitionSpec of an array of `shape` whose dimensions have `logical` names.
+
+    Mesh axes missing from the mesh, of size 1, already used by an earlier dimension, or not dividing
+    the dimension are dropped (that dimension is then replicated over them).
+    """
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for dim, name in zip(shape, tuple(logical) + (None,) * (len(shape) - len(logical)), strict=False):
+        axes = table.get(name) if name is not None else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        keep = []
+        for a in axes:
+            size = mesh.shape.get(a, 1)
+            if size > 1 and a not in used and dim % (size * int(np.prod([mesh.shape[k] for k in keep] or [1]))) == 0:
+                keep.append(a)
+        used.update(keep)
+        out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+    while out and out[-1] is None:
+        out.pop()
+    return P(*out)
+
+
+def _logical_names(variable: Any) -> tuple | None:
+    meta = variable.get_metadata()
+    for key in ("out_sharding", "sharding_names", "sharding"):
+        names = meta.get(key)
+        if names is not None and not isinstance(names, (NamedSharding, P)):
+            return tuple(names)
+        if isinstance(names, P):
+            return tuple(names)
+    return None
+
+
+def state_shardings(mesh: Mesh, abstract_state: Any, rules: Rules = DEFAULT_RULES) -> Any:
+    """NamedShardings for a train-state pytree (parameters, optimizer state, anything else).
+
+    Every `nnx.Variable` with logical axis names (parameters, and the optimizer moments, which optax
+    builds as copies of the parameter Variables and so inherit their metadata) is sharded by the rules;
+    every other leaf is replicated. The result has the state's structure, for `jit` in/out shardings.
+    """
+    from flax import nnx
+
+    repl = replicated(mesh)
+
+    def one(x):
+        if isinstance(x, nnx.Variable):
+            value = x.get_value()
+            if not hasattr(value, "shape"):  # a pytree-valued variable (the codebook state): replicated
+                return x.replace(value=jax.tree.map(lambda _: repl, value))
+            names, shape = _logical_names(x), tuple(value.shape)
+            if names is None or len(shape) == 0:
+                return x.replace(value=repl)
+            return x.replace(value=NamedSharding(mesh, mesh_spec(names, shape, mesh, rules)))
+        return repl
+
+    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def with_shardings(abstract_state: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying their shardings (the abstract target of a restore or an AOT lowering)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+
+
+def sharded_init(init_fn: Any, shardings: Any) -> Any:
+    """Runs `init_fn()` under jit with `shardings` as out_shardings: parameters are created already
+    sharded on their devices (pjit style), never built on one device and scattered."""
+    return jax.jit(init_fn, out_shardings=shardings)()
+
+
+def describe(mesh: Mesh, shardings: Any, abstract_state: Any) -> str:
+    """"N params, X MiB per device" for a log line: the largest per-device share of the state."""
+    total, per_device = 0, 0
+    for a, s in zip(jax.tree.leaves(abstract_state), jax.tree.leaves(shardings), strict=True):
+        nbytes = int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+        total += nbytes
+        per_device += int(np.prod(s.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
+    return f"state {total / 2**20:,.1f} MiB, {per_device / 2**20:,.1f} MiB per device on mesh {dict(mesh.shape)}"

@@ -48,7 +48,9 @@ def load_tokenizer(path: str):
         if os.path.exists(os.path.join(path, "tokenizer.json")):
             path = os.path.join(path, "tokenizer.json")
         elif os.path.exists(os.path.join(path, "vocab.json")) and os.path.exists(os.path.join(path, "merges.txt")):
-            tok = tk.CharBPETokenizer(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"))
+            # the official CC-3M tokenizer: lower-cased CharBPE with "[UNK]"
+            tok = tk.CharBPETokenizer(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"),
+                                      unk_token="[UNK]", lowercase=True)
             return tok
     if not os.path.isfile(path):
         raise FileNotFoundError(

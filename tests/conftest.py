@@ -1,4 +1,5 @@
-"""Every test sees 8 fake CPU devices: the flag must be set before JAX is imported."""
+"""Every test sees 8 fake CPU devices: the flag must be set before JAX is imported. Also the session-wide
+tiny stage-1 + stage-2 training run shared by the trainer, generation-evaluation and notebook tests."""
 
 import os
 
@@ -7,12 +8,14 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 # Trainer tests compile the same step several times (resume, SIGTERM, configs): a persistent
 # compilation cache (ignored by git) turns the repeats into cache hits.
@@ -30,3 +33,33 @@ def golden():
     """The official PyTorch implementation's tiny-model parameters and outputs (see tests/data/README.md)."""
     with np.load(DATA_DIR / "official_tiny.npz") as f:
         return {k: f[k] for k in f.files}
+
+
+def load_repo_config(rel: str, arg: str | None = None):
+    """`get_config(arg)` of a config file given relative to the repository root."""
+    spec = importlib.util.spec_from_file_location(pathlib.Path(rel).stem, REPO / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2_runs(tmp_path_factory):
+    """(root, stage-2 config, eval scalars): a tiny stage 1 on 160 demo images, features of 32 of them, a
+    tiny class-conditional stage 2 (CFG null class) in root/{rqvae,features,transformer}; ~2-3 min on CPU."""
+    from rq_jax.extract import extract
+    from rq_jax.trainers import rq_transformer as t2
+    from rq_jax.trainers.rqvae import train
+
+    tmp = tmp_path_factory.mktemp("stage2")
+    c1 = load_repo_config("configs/rqvae/demo.py", "runlocal")
+    c1.data.data_dir = str(tmp / "data")
+    c1.data.limit = 160
+    train(c1, str(tmp / "rqvae"))
+    extract(str(tmp / "rqvae"), str(tmp / "features"), batch_size=16, limit=32)
+    c2 = load_repo_config("configs/transformer/demo.py", "runlocal")
+    c2.rqvae = c1
+    c2.rqvae_workdir = str(tmp / "rqvae")
+    c2.data.features_dir = str(tmp / "features")
+    scalars = t2.train(c2, str(tmp / "transformer"))
+    return tmp, c2, scalars

@@ -8,7 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUBCOMMANDS = {"lpips": "rq_jax.convert.lpips", "inception": "rq_jax.convert.inception"}
+SUBCOMMANDS = {
+    "lpips": "rq_jax.convert.lpips",
+    "inception": "rq_jax.convert.inception",
+    "official": "rq_jax.convert.official",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

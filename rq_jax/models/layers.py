@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rq_jax.sharding import logical_axes
+
 Dtype = Any
 
 NORM_GROUPS = 32
@@ -62,8 +64,9 @@ def conv(
         padding=pad,
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-        bias_init=_torch_bias_init(fan_in),
+        kernel_init=logical_axes(nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                                 None, None, "conv_in", "conv_out"),
+        bias_init=logical_axes(_torch_bias_init(fan_in), "conv_out"),
         rngs=rngs,
     )
 

@@ -86,6 +86,7 @@ from rq_jax.models.transformer_layers import (
     layer_norm,
     linear,
 )
+from rq_jax.sharding import logical_axes
 
 COND_KINDS = ("none", "class", "text")
 
@@ -144,7 +145,9 @@ class RQCache(NamedTuple):
 
 
 def _normal_param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: Any) -> nnx.Param:
-    return nnx.Param(nnx.initializers.normal(INIT_STD)(rngs.params(), shape, dtype))
+    """A positional embedding [L, C] with logical axes ("length", "embed")."""
+    return nnx.Param(nnx.initializers.normal(INIT_STD)(rngs.params(), shape, dtype),
+                     out_sharding=("length", "embed"), eager_sharding=False)
 
 
 class Classifier(nnx.Module):
@@ -152,7 +155,8 @@ class Classifier(nnx.Module):
 
     def __init__(self, d_model: int, num_outputs: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
         self.layer_norm = layer_norm(d_model, param_dtype=param_dtype, rngs=rngs)
-        self.linear = linear(d_model, num_outputs, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear = linear(d_model, num_outputs, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                             axes=("embed", "vocab"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.linear(self.layer_norm(x)).astype(jnp.float32)
@@ -183,13 +187,13 @@ class RQTransformer(nnx.Module):
 
         self.cond_emb = nnx.Embed(
             cond_rows + int(self.cfg_null), c, param_dtype=param_dtype,
-            embedding_init=nnx.initializers.normal(INIT_STD), rngs=rngs,
+            embedding_init=logical_axes(nnx.initializers.normal(INIT_STD), "classes", "embed"), rngs=rngs,
         )
         self.pos_emb_cond = _normal_param(rngs, (self.cond_len, c), param_dtype)
         self.pos_emb_hw = _normal_param(rngs, (self.num_positions, c), param_dtype)
         self.pos_emb_d = _normal_param(rngs, (depth, c), param_dtype)
-        self.input_mlp = linear(self.embed_dim, c, **kw)
-        self.head_mlp = linear(self.embed_dim, c, **kw)
+        self.input_mlp = linear(self.embed_dim, c, axes=("code_dim", "embed"), **kw)
+        self.head_mlp = linear(self.embed_dim, c, axes=("code_dim", "embed"), **kw)
         stack_kw = dict(
             mlp_ratio=int(config["mlp_ratio"]), attn_dropout=float(config["attn_dropout"]),
             resid_dropout=float(config["dropout"]), **kw,

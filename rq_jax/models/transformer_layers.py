@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rq_jax.sharding import logical_axes
+
 Dtype = Any
 
 LN_EPS = 1e-5
@@ -61,12 +63,18 @@ def init_kv_cache(
 
 
 def linear(
-    in_features: int, out_features: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs
+    in_features: int, out_features: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs,
+    axes: tuple[str | None, str | None] = ("embed", None),
 ) -> nnx.Linear:
-    """A biased nnx.Linear (kernel (in, out)) with GPT-style normal(0.02) init and zero bias."""
+    """A biased nnx.Linear (kernel (in, out)) with GPT-style normal(0.02) init and zero bias.
+
+    `axes` are the logical names of the kernel's (in, out) dimensions (the bias gets the out name);
+    `rq_jax.sharding` maps them onto the mesh.
+    """
     return nnx.Linear(
         in_features, out_features, use_bias=True, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=nnx.initializers.normal(INIT_STD), bias_init=nnx.initializers.zeros_init(), rngs=rngs,
+        kernel_init=logical_axes(nnx.initializers.normal(INIT_STD), *axes),
+        bias_init=logical_axes(nnx.initializers.zeros_init(), axes[1]), rngs=rngs,
     )
 
 
@@ -101,10 +109,10 @@ class SelfAttention(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.num_heads, self.head_dim = num_heads, d_model // num_heads
         self.attn_dropout, self.resid_dropout = attn_dropout, resid_dropout
-        self.key = linear(d_model, d_model, **kw)
-        self.query = linear(d_model, d_model, **kw)
-        self.value = linear(d_model, d_model, **kw)
-        self.proj = linear(d_model, d_model, **kw)
+        self.key = linear(d_model, d_model, axes=("embed", "heads"), **kw)
+        self.query = linear(d_model, d_model, axes=("embed", "heads"), **kw)
+        self.value = linear(d_model, d_model, axes=("embed", "heads"), **kw)
+        self.proj = linear(d_model, d_model, axes=("heads", "embed"), **kw)
 
     def _heads(self, x_BxSxC: jax.Array) -> jax.Array:
         b, s, _ = x_BxSxC.shape
@@ -161,8 +169,8 @@ class MLP(nnx.Module):
 
     def __init__(self, d_model: int, hidden: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.fc1 = linear(d_model, hidden, **kw)
-        self.fc2 = linear(hidden, d_model, **kw)
+        self.fc1 = linear(d_model, hidden, axes=("embed", "mlp"), **kw)
+        self.fc2 = linear(hidden, d_model, axes=("mlp", "embed"), **kw)
 
     def __call__(self, x_BxSxC: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(x_BxSxC), approximate=False))

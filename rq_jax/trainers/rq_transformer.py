@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +71,42 @@ def make_optimizer(tc: ml_collections.ConfigDict, total: int):
     parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip > 0 else []
     parts.append(optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
     return optax.chain(*parts), schedule
+
+
+class StateSetup(NamedTuple):
+    """What the loop and the tests need to create, restore and step the train state on a mesh."""
+
+    graph: Any
+    tx: Any
+    abstract: Any            # ShapeDtypeStructs with shardings (restore target)
+    shardings: Any           # NamedShardings from the parameters' logical axes (optimizer state alike)
+    init: Callable[[], Any]  # a fresh state, created already sharded
+
+
+BATCH_KEYS = ("features", "label", "caption")
+
+
+def setup_state(config: ml_collections.ConfigDict, mesh, tx) -> StateSetup:
+    """The train state (step, params, AdamW state, PRNG key data): structure, shardings, sharded init."""
+    def init_state():
+        params = nnx.state(RQTransformer(config.model, rngs=nnx.Rngs(config.seed)))
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt=tx.init(params),
+                    rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)))
+
+    graph = nnx.graphdef(nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(config.seed))))
+    abstract = jax.eval_shape(init_state)
+    shardings = sharding.state_shardings(mesh, abstract, sharding.rules_from_config(config.mesh.get("rules")))
+    return StateSetup(graph, tx, sharding.with_shardings(abstract, shardings), shardings,
+                      lambda: sharding.sharded_init(init_state, shardings))
+
+
+def jit_train_step(config: ml_collections.ConfigDict, mesh, setup: StateSetup):
+    """`train_step` jitted with explicit state/batch shardings and the state donated."""
+    repl = sharding.replicated(mesh)
+    batch_sh = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
+    return jax.jit(partial(train_step, graph=setup.graph, config=config, tx=setup.tx),
+                   in_shardings=(setup.shardings, batch_sh, repl, repl), out_shardings=(setup.shardings, repl),
+                   donate_argnums=(0,))
 
 
 def _cond_of(config, batch, text_table):
@@ -205,33 +242,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     text_table = jnp.asarray(build_text_table(config, workdir) if config.model.cond == "text"
                              else np.zeros((1, 1), np.int32))
 
-    model = RQTransformer(config.model, rngs=nnx.Rngs(config.seed))
-    graph, params = nnx.split(model)
     tx, schedule = make_optimizer(tc, total)
-    repl = sharding.replicated(mesh)
-
-    def init_state():
-        return dict(step=jnp.zeros((), jnp.int32), params=params, opt=tx.init(params),
-                    rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)))
-
-    abstract = jax.eval_shape(init_state)
-    state_sharding = jax.tree.map(lambda _: repl, abstract)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+    setup = setup_state(config, mesh, tx)
+    graph = setup.graph
     ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     state, start, how = checkpoints.restore_or_init(
-        ckpt, abstract, lambda: sharding.place(init_state(), state_sharding),
-        data_iter, init_from=config.init_from, init_from_keys=("params",),
+        ckpt, setup.abstract, setup.init, data_iter, init_from=config.init_from, init_from_keys=("params",),
     )
-    metrics.log_line(f"state: {how} (step {start}); {sum(x.size for x in jax.tree.leaves(params)):,} parameters")
+    num_params = sum(x.size for x in jax.tree.leaves(setup.abstract["params"]))
+    metrics.log_line(f"state: {how} (step {start}); {num_params:,} parameters; "
+                     f"{sharding.describe(mesh, setup.shardings, setup.abstract)}")
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    bsh = sharding.batch_sharding(mesh)
-    batch_sh = {"features": bsh, "label": bsh, "caption": bsh}
-    step_fn = jax.jit(partial(train_step, graph=graph, config=config, tx=tx),
-                      in_shardings=(state_sharding, batch_sh, repl, repl), out_shardings=(state_sharding, repl),
-                      donate_argnums=(0,))
+    batch_sh = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
+    step_fn = jit_train_step(config, mesh, setup)
     eval_fn = jax.jit(partial(eval_step, graph=graph, config=config))
     rqvae_dir = config.rqvae_workdir or meta["rqvae_workdir"]
     decoder = None

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,18 +38,73 @@ from rq_jax.quantizer import codebook_usage, ema_dead_codes
 # ---------------------------------------------------------------------------------------------------
 # 1. Setup
 # ---------------------------------------------------------------------------------------------------
-def build_models(config: ml_collections.ConfigDict, rng: jax.Array):
-    """Creates the RQ-VAE and the discriminator and splits them into graphs and state."""
+def _modules(config: ml_collections.ConfigDict, rng: jax.Array) -> tuple[RQVAE, NLayerDiscriminator]:
     r_gen, r_disc = jax.random.split(rng)
     model = RQVAE(config.model, rngs=nnx.Rngs(r_gen))
     disc = NLayerDiscriminator(
         config.model.out_channels, config.loss.disc_ndf, config.loss.disc_layers,
         norm=config.loss.disc_norm, rngs=nnx.Rngs(r_disc),
     )
+    return model, disc
+
+
+def _split(model: RQVAE, disc: NLayerDiscriminator):
     gen_graph, gen_params, codebook = nnx.split(model, nnx.Param, CodebookVar)
     disc_graph, disc_params, disc_stats = nnx.split(disc, nnx.Param, ...)
     return (gen_graph, disc_graph), dict(gen=gen_params, codebook=codebook, disc=disc_params,
                                          disc_stats=disc_stats)
+
+
+def build_models(config: ml_collections.ConfigDict, rng: jax.Array):
+    """Creates the RQ-VAE and the discriminator and splits them into graphs and state."""
+    return _split(*_modules(config, rng))
+
+
+class StateSetup(NamedTuple):
+    """What the loop and the tests need to create, restore and step the train state on a mesh."""
+
+    graphs: tuple            # (generator graph, discriminator graph)
+    tx_gen: Any
+    tx_disc: Any
+    abstract: Any            # ShapeDtypeStructs with shardings (restore target)
+    shardings: Any           # NamedShardings of the state (from the parameters' logical axes)
+    init: Callable[[], Any]  # a fresh state, created already sharded
+
+
+def setup_state(config: ml_collections.ConfigDict, mesh, tx_gen, tx_disc) -> StateSetup:
+    """The train state's structure, shardings and sharded initialiser (nothing is allocated here).
+
+    The state is a plain dict: step, generator params + Adam state, the codebook (EMA state, replicated),
+    discriminator params, its batch statistics and Adam state, and the PRNG key data.
+    """
+    key = jax.random.key(config.seed)
+
+    def init_state():
+        _, parts = build_models(config, key)
+        return dict(
+            step=jnp.zeros((), jnp.int32), gen=parts["gen"], gen_opt=tx_gen.init(parts["gen"]),
+            codebook=parts["codebook"], disc=parts["disc"], disc_stats=parts["disc_stats"],
+            disc_opt=tx_disc.init(parts["disc"]), rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+        )
+
+    graphs, _ = _split(*nnx.eval_shape(lambda: _modules(config, key)))
+    abstract = jax.eval_shape(init_state)
+    shardings = sharding.state_shardings(mesh, abstract, sharding.rules_from_config(config.mesh.get("rules")))
+    return StateSetup(graphs, tx_gen, tx_disc, sharding.with_shardings(abstract, shardings), shardings,
+                      lambda: sharding.sharded_init(init_state, shardings))
+
+
+def jit_train_step(config: ml_collections.ConfigDict, mesh, setup: StateSetup, lpips_graph, has_lpips: bool):
+    """`train_step` jitted with the state's shardings in and out, the batch split over the data axes, and
+    the state donated."""
+    repl = sharding.replicated(mesh)
+    return jax.jit(
+        partial(train_step, graphs=setup.graphs, lpips_graph=lpips_graph, config=config,
+                tx_gen=setup.tx_gen, tx_disc=setup.tx_disc),
+        in_shardings=(setup.shardings, {"image": sharding.batch_sharding(mesh)}, repl if has_lpips else None),
+        out_shardings=(setup.shardings, repl),
+        donate_argnums=(0,),
+    )
 
 
 def load_perceptual(config: ml_collections.ConfigDict):
@@ -248,41 +304,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total, warmup = steps_for(config, info.steps_per_epoch)
     metrics.log_line(f"data: {info.description}; {info.num_examples} training images, {total} steps")
 
-    (gen_graph, disc_graph), parts = build_models(config, jax.random.key(config.seed))
     tx_gen, lr_gen = make_optimizer(tc.lr, tc, warmup)
     tx_disc, _ = make_optimizer(tc.disc_lr, tc, warmup)
     lpips_graph, lpips_state = load_perceptual(config)
-    repl = sharding.replicated(mesh)
-
-    def init_state():
-        return dict(
-            step=jnp.zeros((), jnp.int32), gen=parts["gen"], gen_opt=tx_gen.init(parts["gen"]),
-            codebook=parts["codebook"], disc=parts["disc"], disc_stats=parts["disc_stats"],
-            disc_opt=tx_disc.init(parts["disc"]),
-            rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)),
-        )
-
-    abstract = jax.eval_shape(init_state)
-    state_sharding = jax.tree.map(lambda _: repl, abstract)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+    setup = setup_state(config, mesh, tx_gen, tx_disc)
     ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     state, start, how = checkpoints.restore_or_init(
-        ckpt, abstract, lambda: sharding.place(init_state(), state_sharding), data_iter,
+        ckpt, setup.abstract, setup.init, data_iter,
         init_from=config.init_from, init_from_keys=("gen", "codebook", "disc", "disc_stats"),
     )
-    metrics.log_line(f"state: {how} (step {start}); mesh {dict(mesh.shape)}")
+    metrics.log_line(f"state: {how} (step {start}); {sharding.describe(mesh, setup.shardings, setup.abstract)}")
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = jax.jit(
-        partial(train_step, graphs=(gen_graph, disc_graph), lpips_graph=lpips_graph, config=config,
-                tx_gen=tx_gen, tx_disc=tx_disc),
-        in_shardings=(state_sharding, {"image": batch_sharding}, repl if lpips_state is not None else None),
-        out_shardings=(state_sharding, repl),
-        donate_argnums=(0,),
-    )
+    step_fn = jit_train_step(config, mesh, setup, lpips_graph, lpips_state is not None)
+    gen_graph = setup.graphs[0]
     eval_fn = jax.jit(partial(eval_step, gen_graph=gen_graph))
     writer = metrics.create_writer(workdir)
     progress = metrics.Progress(total, start)

@@ -1,4 +1,5 @@
-"""Stage 2 end to end on tiny configs: extract -> train -> sample, and the loss falls below log K."""
+"""Stage 2 end to end on tiny configs: extract -> train -> sample (the run: tests/conftest.py's session fixture
+`tiny_stage2_runs`), and the loss falls below log K."""
 
 import importlib.util
 import math
@@ -23,30 +24,11 @@ def load_config(rel, arg=None):
     return mod.get_config(arg)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from rq_jax.extract import extract
-    from rq_jax.trainers.rqvae import train
-
-    tmp = tmp_path_factory.mktemp("stage2")
-    c1 = load_config("configs/rqvae/demo.py", "runlocal")
-    c1.data.data_dir = str(tmp / "data")
-    c1.data.limit = 160
-    train(c1, str(tmp / "rqvae"))
-    extract(str(tmp / "rqvae"), str(tmp / "features"), batch_size=16, limit=32)
-    c2 = load_config("configs/transformer/demo.py", "runlocal")
-    c2.rqvae = c1
-    c2.rqvae_workdir = str(tmp / "rqvae")
-    c2.data.features_dir = str(tmp / "features")
-    scalars = t2.train(c2, str(tmp / "transformer"))
-    return tmp, c2, scalars
-
-
 @pytest.mark.slow
-def test_extract_train_and_sample(runs):
+def test_extract_train_and_sample(tiny_stage2_runs):
     from rq_jax.sample import main
 
-    tmp, config, scalars = runs
+    tmp, config, scalars = tiny_stage2_runs
     feats = np.load(tmp / "features" / "train.npz")
     assert feats["features"].shape == (64, 16, 16, 32) and feats["flipped"].sum() == 32  # 32 images + flips
     assert np.isfinite(scalars["eval/bits_per_code"]) and (tmp / "transformer" / "images").exists()
@@ -61,10 +43,10 @@ def test_extract_train_and_sample(runs):
 
 
 @pytest.mark.slow
-def test_sample_cli_errors(runs):
+def test_sample_cli_errors(tiny_stage2_runs):
     from rq_jax.sample import main
 
-    tmp, _, _ = runs
+    tmp, _, _ = tiny_stage2_runs
     with pytest.raises(ValueError, match=r"Class ids \[10\] are out of range: this model has classes 0..9"):
         main(["--workdir", str(tmp / "transformer"), "--classes", "10", "--out", str(tmp / "x.png")])
     with pytest.raises(ValueError, match=r"not a stage-2 'rq_transformer' run"):
@@ -106,10 +88,10 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
 
 
 @pytest.mark.slow
-def test_text_conditioned_training_and_prompts(runs):
+def test_text_conditioned_training_and_prompts(tiny_stage2_runs):
     from rq_jax.sample import main
 
-    tmp, c_class, _ = runs
+    tmp, c_class, _ = tiny_stage2_runs
     c = load_config("configs/transformer/demo.py", "runlocal")
     c.rqvae, c.rqvae_workdir, c.data.features_dir = c_class.rqvae, c_class.rqvae_workdir, c_class.data.features_dir
     c.model.update(dict(cond="text", text_len=6, text_vocab_size=64))
