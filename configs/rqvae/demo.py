@@ -6,6 +6,12 @@
 32x32 images -> 8x8x4 codes from a shared codebook of 128 codes (f = 4), trained in a few minutes
 on a 2-core CPU. No LPIPS (its weights are a download) and the PatchGAN starts late and weak,
 since with so few steps the L1 term does the work.
+
+The codebook is updated once per step from the residuals of all four depths pooled, and codes that get
+less than 1/8 of an average code's share (EMA count < 4 of ~32 vectors per code and step) are restarted
+from those pooled residuals, three quarters of which are deeper-depth residuals. With the official
+per-depth order and threshold 1 the deep depths used < 50% of the codebook (90/80/50/44% at depths
+1-4); with these two switches every depth uses over 60% for the same PSNR (74/80/69/60%).
 """
 
 from rq_jax.config_lib import rqvae_config, runlocal
@@ -15,6 +21,8 @@ def get_config(arg: str | None = None):
     c = rqvae_config()
     c.model.update(dict(resolution=32, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
                         z_channels=64, embed_dim=64, code_shape=(8, 8, 4), codebook_size=128))
+    c.model.quantizer.update_mode = "once"
+    c.model.quantizer.restart_threshold = 4.0
     c.data.name = "embedded"
     c.data.image_size = 32
     c.data.random_flip = False  # emoji include text-like symbols

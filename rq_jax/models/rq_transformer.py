@@ -66,6 +66,9 @@ Config schema (`rq_transformer_model_config`):
     cfg_null         bool   an extra learned null condition for classifier-free guidance
     dtype            str    compute dtype of the matmuls ("float32" | "bfloat16"); logits are float32
     param_dtype      str    parameter dtype ("float32")
+    remat            str    activation recomputation per block in training: "none" | "full" | "dots" |
+                            "dots_no_batch" (see transformer_layers.REMAT_POLICIES)
+    scan_layers      bool   run each stack's blocks as one lax.scan (compile one block; same parameters)
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ def rq_transformer_model_config(**overrides: Any) -> ml_collections.ConfigDict:
     cfg.cfg_null = False
     cfg.dtype = "float32"
     cfg.param_dtype = "float32"
+    cfg.remat = "none"
+    cfg.scan_layers = False
     for key, value in overrides.items():
         if key not in cfg:
             raise ValueError(f"Unknown RQ-Transformer config field {key!r}; known: {', '.join(cfg.keys())}.")
@@ -196,7 +201,8 @@ class RQTransformer(nnx.Module):
         self.head_mlp = linear(self.embed_dim, c, axes=("code_dim", "embed"), **kw)
         stack_kw = dict(
             mlp_ratio=int(config["mlp_ratio"]), attn_dropout=float(config["attn_dropout"]),
-            resid_dropout=float(config["dropout"]), **kw,
+            resid_dropout=float(config["dropout"]), remat=str(config.get("remat", "none")),
+            scan_layers=bool(config.get("scan_layers", False)), **kw,
         )
         num_heads = int(config["num_heads"])
         self.body_transformer = TransformerStack(int(config["spatial_layers"]), c, num_heads, **stack_kw)

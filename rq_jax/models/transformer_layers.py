@@ -205,14 +205,37 @@ class Block(nnx.Module):
         return x + self.mlp(self.ln2(x)), cache
 
 
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+def _remat_policy(name: str):
+    """jax.checkpoint policy: "full" saves nothing (recompute every block), "dots" saves matmul outputs,
+    "dots_no_batch" saves matmuls without batch dimensions (weights x activations)."""
+    return {"full": None, "dots": jax.checkpoint_policies.dots_saveable,
+            "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+
+
 class TransformerStack(nnx.Module):
-    """`num_layers` causal pre-LN blocks (the official `AttentionStack`); no final LayerNorm."""
+    """`num_layers` causal pre-LN blocks (the official `AttentionStack`); no final LayerNorm.
+
+    Memory switches for big models, training path only (the results are the same, to float rounding):
+    `remat` recomputes each block's activations in the backward pass (`jax.checkpoint` with a policy from
+    REMAT_POLICIES), and `scan_layers` runs the blocks as one `lax.scan` over their stacked parameters, so
+    XLA compiles one block instead of L (compile time and program size independent of depth). The
+    parameters stay one module per block either way (`blocks.{i}...`, as the official names), so
+    checkpoints and converted weights do not depend on these switches; with scanning, the stacked copy of
+    the block weights is made inside the jitted step and carries the same sharding.
+    """
 
     def __init__(
         self, num_layers: int, d_model: int, num_heads: int, *, mlp_ratio: int, attn_dropout: float,
-        resid_dropout: float, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs,
+        resid_dropout: float, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs, remat: str = "none",
+        scan_layers: bool = False,
     ):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"Unknown remat policy {remat!r}; choose one of {REMAT_POLICIES}.")
         self.num_layers, self.num_heads, self.head_dim = num_layers, num_heads, d_model // num_heads
+        self.remat, self.scan_layers = remat, bool(scan_layers)
         self.blocks = nnx.List([
             Block(d_model, num_heads, mlp_ratio=mlp_ratio, attn_dropout=attn_dropout,
                   resid_dropout=resid_dropout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -220,9 +243,25 @@ class TransformerStack(nnx.Module):
         ])
 
     def __call__(self, x_BxSxC: jax.Array, *, rng: jax.Array | None = None) -> jax.Array:
-        """The whole causal sequence; dropout on when `rng` is given."""
-        for i, block in enumerate(self.blocks):
-            x_BxSxC = block(x_BxSxC, rng=None if rng is None else jax.random.fold_in(rng, i))
+        """The whole causal sequence; dropout on when `rng` is given (block i uses fold_in(rng, i))."""
+        if self.num_layers == 0:
+            return x_BxSxC
+        graph = nnx.graphdef(self.blocks[0])
+        states = [nnx.state(b) for b in self.blocks]
+
+        def apply(state, x, i):
+            block = nnx.merge(graph, state)
+            return block(x, rng=None if rng is None else jax.random.fold_in(rng, i))
+
+        if self.remat != "none":
+            apply = jax.checkpoint(apply, policy=_remat_policy(self.remat))
+        if not self.scan_layers:
+            for i, state in enumerate(states):
+                x_BxSxC = apply(state, x_BxSxC, i)
+            return x_BxSxC
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        x_BxSxC, _ = jax.lax.scan(lambda x, si: (apply(si[0], x, si[1]), None), x_BxSxC,
+                                  (stacked, jnp.arange(self.num_layers)))
         return x_BxSxC
 
     def init_cache(self, batch: int, max_len: int, dtype: Dtype = jnp.float32) -> KVCache:

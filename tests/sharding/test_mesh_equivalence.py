@@ -89,13 +89,15 @@ def test_stage1_step_is_the_same_on_every_mesh(stage1_reference, shape):
         assert num_split > 0  # FSDP / tensor parallelism really split some parameters
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert_close(state["codebook"], ref_state["codebook"], rtol=1e-4, atol=1e-5)  # EMA statistics
-    # Adam normalises each update (~lr * g / |g|), so a gradient entry near zero whose last bits differ
-    # (another summation order) moves its weight by a visible fraction of one lr step: every weight within
-    # 10% of a step, and on average within 1%.
+    # The gradients agree: Adam's moments are averages of them. The parameters agree to a fraction of one
+    # Adam step: Adam normalises each update (~lr * g / |g|), so a weight whose true gradient is ~0 (a conv
+    # bias before a GroupNorm) moves by rounding noise of another summation order, up to a sizeable part of
+    # lr; on average the weights agree to 1% of a step, and the second step's loss (which sees the first
+    # update) agrees to 1e-5.
     lr, disc_lr = config.train.lr, config.train.disc_lr
-    assert_close(state["gen"], ref_state["gen"], rtol=1e-4, atol=0.1 * lr, mean_atol=0.01 * lr)
     assert_close(state["gen_opt"], ref_state["gen_opt"], rtol=1e-3, atol=1e-5)
-    assert_close(state["disc"], ref_state["disc"], rtol=1e-4, atol=0.1 * disc_lr, mean_atol=0.01 * disc_lr)
+    assert_close(state["gen"], ref_state["gen"], rtol=1e-4, atol=0.5 * lr, mean_atol=0.01 * lr)
+    assert_close(state["disc"], ref_state["disc"], rtol=1e-4, atol=0.5 * disc_lr, mean_atol=0.01 * disc_lr)
 
 
 # ---- stage 2 ----------------------------------------------------------------------------------------
@@ -142,8 +144,8 @@ def test_stage2_step_is_the_same_on_every_mesh(stage2_reference, shape):
         assert num_split > 0
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     lr = config.train.lr
-    assert_close(state["params"], ref_state["params"], rtol=1e-4, atol=0.1 * lr, mean_atol=0.01 * lr)
     assert_close(state["opt"], ref_state["opt"], rtol=1e-3, atol=1e-6)
+    assert_close(state["params"], ref_state["params"], rtol=1e-4, atol=0.5 * lr, mean_atol=0.01 * lr)
 
 
 def test_rules_map_logical_axes_onto_the_mesh():
