@@ -52,6 +52,7 @@ def rqvae_config() -> ml_collections.ConfigDict:
     c.train.b2 = 0.9
     c.train.weight_decay = 0.0
     c.train.grad_clip = 0.0  # global-norm clipping; 0 disables it
+    c.train.peak_flops = 0.0  # per device, for MFU in the logs; 0: looked up from the device kind
     c.train.log_every = 50
     c.train.image_every = 1000
     c.train.eval_every = 1000
@@ -209,6 +210,8 @@ def transformer_config(rqvae: ml_collections.ConfigDict) -> ml_collections.Confi
     c.train.b2 = 0.95
     c.train.weight_decay = 1e-4  # not applied to norms, biases, embeddings
     c.train.grad_clip = 1.0
+    c.train.microbatches = 1  # > 1: gradient accumulation over this many slices of the batch (memory / M)
+    c.train.peak_flops = 0.0  # per device, for MFU in the logs; 0: looked up from the device kind
     c.train.cond_drop_prob = 0.0  # > 0 with model.cfg_null: classifier-free guidance training
     c.train.log_every = 50
     c.train.eval_every = 1000

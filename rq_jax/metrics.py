@@ -31,11 +31,12 @@ class Progress:
         self.total = total_steps
         self.t0, self.s0 = time.perf_counter(), start_step
         self.t_last, self.s_last = self.t0, start_step
+        self.last_rate = 0.0  # steps/s over the window of the last `line`
 
     def line(self, step: int, metrics: dict[str, Any]) -> str:
         now = time.perf_counter()
         rate = (step - self.s_last) / max(now - self.t_last, 1e-9)
-        self.t_last, self.s_last = now, step
+        self.t_last, self.s_last, self.last_rate = now, step, rate
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         parts = [f"step {step}/{self.total}", f"{rate:.2f} steps/s", f"ETA {format_seconds(eta)}"]
         parts += [f"{k} {float(v):.4g}" for k, v in sorted(metrics.items()) if np.ndim(v) == 0]
@@ -103,3 +104,44 @@ def mean_finite(pending: list[dict], step: int, last_saved: int | None, ckpt_dir
             f"step {last_saved} in {ckpt_dir} (left intact): {fix}"
         )
     return m
+
+
+# Dense bf16 peak FLOP/s per device (chip) by a substring of `device.device_kind` (lower case), first match.
+PEAK_FLOPS = (
+    ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12), ("a100", 312e12), ("l40s", 362e12), ("l4", 121e12),
+    ("a10", 125e12), ("v6", 918e12), ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12), ("v4", 275e12),
+    ("v3", 123e12), ("v2", 45e12),
+)
+
+
+def peak_flops(device: Any, override: float = 0.0) -> float | None:
+    """Peak FLOP/s of one device: `override` if > 0, else from PEAK_FLOPS, else None (e.g. a CPU)."""
+    if override > 0:
+        return float(override)
+    kind = str(getattr(device, "device_kind", "")).lower()
+    return next((v for k, v in PEAK_FLOPS if k in kind), None)
+
+
+def step_flops(jitted: Any, *args: Any) -> float | None:
+    """FLOPs of one call of a jitted function for these arguments, from XLA's cost analysis of the
+    lowered (global, unpartitioned) program; None where the backend gives none. It counts what runs,
+    so with remat on it includes the recomputation (hardware rather than model FLOPs)."""
+    try:
+        cost = jitted.lower(*args).cost_analysis()
+    except Exception:  # noqa: BLE001
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    flops = cost.get("flops") if isinstance(cost, dict) else None
+    return float(flops) if flops and flops > 0 else None
+
+
+def throughput(steps_per_sec: float, *, examples_per_step: int, tokens_per_step: int | None = None,
+               flops_per_step: float | None = None, peak_per_device: float | None = None,
+               num_devices: int = 1) -> dict[str, float]:
+    """examples/s, tokens/s and model FLOPs utilisation (achieved FLOP/s over the devices' peak)."""
+    out = {"examples_per_sec": steps_per_sec * examples_per_step}
+    if tokens_per_step:
+        out["tokens_per_sec"] = steps_per_sec * tokens_per_step
+    if flops_per_step and peak_per_device:
+        out["mfu"] = steps_per_sec * flops_per_step / (peak_per_device * num_devices)
+    return out

@@ -61,5 +61,6 @@ def tiny_stage2_runs(tmp_path_factory):
     c2.rqvae = c1
     c2.rqvae_workdir = str(tmp / "rqvae")
     c2.data.features_dir = str(tmp / "features")
+    c2.train.peak_flops = 1e12  # exercises the FLOP count and MFU logging on the CPU
     scalars = t2.train(c2, str(tmp / "transformer"))
     return tmp, c2, scalars

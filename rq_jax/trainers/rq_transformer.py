@@ -104,7 +104,8 @@ def jit_train_step(config: ml_collections.ConfigDict, mesh, setup: StateSetup):
     """`train_step` jitted with explicit state/batch shardings and the state donated."""
     repl = sharding.replicated(mesh)
     batch_sh = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
-    return jax.jit(partial(train_step, graph=setup.graph, config=config, tx=setup.tx),
+    return jax.jit(partial(train_step, graph=setup.graph, config=config, tx=setup.tx,
+                           param_shardings=setup.shardings["params"]),
                    in_shardings=(setup.shardings, batch_sh, repl, repl), out_shardings=(setup.shardings, repl),
                    donate_argnums=(0,))
 
@@ -156,30 +157,64 @@ def _targets(config, z, codebook_KxC, rng, *, deterministic: bool):
     return codes, soft
 
 
-def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, text_table: jax.Array, *, graph, config, tx):
+def _microbatches(tree: Any, m: int) -> Any:
+    """[B, ...] leaves -> [M, B/M, ...] with microbatch i = rows i, i+M, i+2M, ...: every device keeps an
+    equal share of every microbatch (the batch dimension is split over the data axes in blocks)."""
+    def split(x):
+        if x.shape[0] % m:
+            raise ValueError(f"config.train.batch_size={x.shape[0]} is not divisible by config.train.microbatches={m}.")
+        return jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, tree)
+
+
+def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, text_table: jax.Array, *, graph, config, tx,
+               param_shardings: Any = None):
+    """One AdamW step. With config.train.microbatches = M > 1 the gradient is accumulated over M slices of
+    the batch in a `lax.scan` (activation memory / M; codes and labels drawn per slice). `param_shardings`
+    (the parameters' NamedShardings) pins gradients to them, so with FSDP no device holds a whole gradient."""
     rng = jax.random.wrap_key_data(state["rng"])
-    rng, r_codes, r_drop, r_model = jax.random.split(rng, 4)
-    codes, targets = _targets(config, batch["features"], codebook_KxC, r_codes, deterministic=False)
-    cond = _cond_of(config, batch, text_table)
-    drop = None
-    if config.train.cond_drop_prob > 0 and cond is not None:
-        drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (codes.shape[0],))
+    rng, r_step = jax.random.split(rng)
+    m = int(config.train.get("microbatches", 1))
 
-    def loss_fn(params):
-        model = nnx.merge(graph, params)
-        logits = model(codes, cond, codebook_KxC=codebook_KxC, train=True, rng=r_model, drop_cond=drop)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        loss = -jnp.mean(jnp.sum(targets * logp, axis=-1))
-        nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
-        acc_D = jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
-        return loss, (nll, acc_D)
+    def loss_and_grads(params, mb, r):
+        r_codes, r_drop, r_model = jax.random.split(r, 3)
+        codes, targets = _targets(config, mb["features"], codebook_KxC, r_codes, deterministic=False)
+        cond = _cond_of(config, mb, text_table)
+        drop = None
+        if config.train.cond_drop_prob > 0 and cond is not None:
+            drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (codes.shape[0],))
 
-    (loss, (nll, acc_D)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        def loss_fn(p):
+            model = nnx.merge(graph, p)
+            logits = model(codes, cond, codebook_KxC=codebook_KxC, train=True, rng=r_model, drop_cond=drop)
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            loss = -jnp.mean(jnp.sum(targets * logp, axis=-1))
+            nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
+            acc_D = jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
+            return loss, (nll, acc_D)
+
+        (loss, (nll, acc_D)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if param_shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+        return (loss, nll, acc_D), grads
+
+    if m == 1:
+        (loss, nll, acc_D), grads = loss_and_grads(state["params"], batch, r_step)
+    else:
+        def body(acc, xs):
+            mb, i = xs
+            out, g = loss_and_grads(state["params"], mb, jax.random.fold_in(r_step, i))
+            return jax.tree.map(lambda a, b: a + b / m, acc, (out, g)), None
+
+        zero_out = (jnp.float32(0), jnp.float32(0), jnp.zeros((int(config.model.code_shape[2]),), jnp.float32))
+        zeros = (zero_out, jax.tree.map(jnp.zeros_like, state["params"]))
+        ((loss, nll, acc_D), grads), _ = jax.lax.scan(body, zeros, (_microbatches(batch, m), jnp.arange(m)))
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    m = dict(loss=loss, nll=nll, bits_per_code=nll / math.log(2), grad_norm=optax.global_norm(grads))
-    m.update({f"acc_d{d}": acc_D[d] for d in range(acc_D.shape[0])})
-    return dict(step=state["step"] + 1, params=params, opt=opt, rng=jax.random.key_data(rng)), m
+    metrics_ = dict(loss=loss, nll=nll, bits_per_code=nll / math.log(2), grad_norm=optax.global_norm(grads))
+    metrics_.update({f"acc_d{d}": acc_D[d] for d in range(acc_D.shape[0])})
+    return dict(step=state["step"] + 1, params=params, opt=opt, rng=jax.random.key_data(rng)), metrics_
 
 
 def eval_step(params, batch, codebook_KxC, text_table, *, graph, config):
@@ -211,7 +246,7 @@ def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, tex
         cond = None
     batch = n if cond is None else int(cond.shape[0])
     codes = sample_codes(model, codebook_KxC, cond, rng, batch=batch, cfg=sampling_config(config))
-    images = np.asarray(decoder.decode(codes))
+    images = np.asarray(decoder.decode(jnp.asarray(jax.device_get(codes))))  # the decoder lives on one device
     return images.reshape(-1, n, *images.shape[1:])
 
 
@@ -237,10 +272,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     val_batches = [b for _, b in zip(range(tc.eval_batches), val_iter, strict=False)]
     steps_per_epoch = max(len(src) // tc.batch_size, 1)
     total = tc.num_steps if tc.num_steps > 0 else int(round(tc.num_epochs * steps_per_epoch))
-    codebook = jnp.asarray(src.codebook)
+    codebook = jax.device_put(jnp.asarray(src.codebook), sharding.replicated(mesh))  # on the mesh, as the params
     metrics.log_line(f"data: {len(src)} training feature maps ({meta['dataset']}), {total} steps")
-    text_table = jnp.asarray(build_text_table(config, workdir) if config.model.cond == "text"
-                             else np.zeros((1, 1), np.int32))
+    text_table = jax.device_put(jnp.asarray(build_text_table(config, workdir) if config.model.cond == "text"
+                                            else np.zeros((1, 1), np.int32)), sharding.replicated(mesh))
 
     tx, schedule = make_optimizer(tc, total)
     setup = setup_state(config, mesh, tx)
@@ -266,6 +301,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     guard = checkpoints.PreemptionGuard()
     last_saved = start if ckpt.latest_step() is not None else None
     best, bad_evals, scalars, pending, step = float("inf"), 0, {}, [], start
+    peak, flops = metrics.peak_flops(jax.devices()[0], tc.peak_flops), None  # MFU on accelerators only
     try:
         while step < total:
             batch = sharding.global_batch(mesh, {k: v for k, v in next(data_iter).items() if k in batch_sh})
@@ -275,8 +311,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if step % tc.log_every == 0 or step == total:
                 m = metrics.mean_finite(pending, step, last_saved, ckpt.directory, "lower config.train.lr.")
                 m["lr"] = float(schedule(step))
+                line = progress.line(step, {k: m[k] for k in ("loss", "bits_per_code", "acc_d0")})
+                if peak and flops is None:
+                    flops = metrics.step_flops(step_fn, state, batch, codebook, text_table) or 0.0
+                m["steps_per_sec"] = progress.last_rate
+                m.update(metrics.throughput(progress.last_rate, examples_per_step=tc.batch_size,
+                                            tokens_per_step=tc.batch_size * int(np.prod(config.model.code_shape)),
+                                            flops_per_step=flops, peak_per_device=peak, num_devices=mesh.size))
                 writer.write_scalars(step, m)
-                metrics.log_line(progress.line(step, {k: m[k] for k in ("loss", "bits_per_code", "acc_d0")}))
+                metrics.log_line(line + f" | {m['tokens_per_sec']:,.0f} codes/s"
+                                 + (f" | {m['mfu']:.1%} MFU" if "mfu" in m else ""))
             stop = guard.should_stop(step)
             if step % tc.eval_every == 0 or step == total:
                 outs = [jax.device_get(eval_fn(state["params"], {k: jnp.asarray(v) for k, v in b.items()}, codebook,

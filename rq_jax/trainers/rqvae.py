@@ -325,6 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = metrics.Progress(total, start)
     guard = checkpoints.PreemptionGuard()
     last_saved, scalars = start if ckpt.latest_step() is not None else None, {}
+    peak, flops = metrics.peak_flops(jax.devices()[0], tc.peak_flops), None  # MFU on accelerators only
     step, pending = start, []
     try:
         while step < total:
@@ -338,10 +339,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         "lower config.train.lr or enable config.train.grad_clip and restart.")
                 m["lr"] = float(lr_gen(step))
                 m["skipped_images"] = info.skipped.count
-                m["steps_per_sec"] = progress.rate(step)
+                line = progress.line(step, {k: m[k] for k in ("loss", "rec_loss", "commit_loss", "psnr", "d_loss")})
+                if peak and flops is None:
+                    flops = metrics.step_flops(step_fn, state, batch, lpips_state) or 0.0
+                m["steps_per_sec"] = progress.last_rate
+                m.update(metrics.throughput(progress.last_rate, examples_per_step=tc.batch_size, flops_per_step=flops,
+                                            peak_per_device=peak, num_devices=mesh.size))
                 writer.write_scalars(step, m)
-                metrics.log_line(progress.line(step, {k: m[k] for k in ("loss", "rec_loss", "commit_loss",
-                                                                        "psnr", "d_loss")}))
+                metrics.log_line(line + (f" | {m['mfu']:.1%} MFU" if "mfu" in m else ""))
             if step % tc.eval_every == 0 or step == total:
                 scalars, arrays = evaluate(state, eval_set, eval_fn, config.model.codebook_size)
                 writer.write_scalars(step, scalars)

@@ -159,3 +159,22 @@ def test_rules_map_logical_axes_onto_the_mesh():
         None, ("fsdp", "tensor"))
     with pytest.raises(ValueError, match="mesh.rules entries"):
         sharding.rules_from_config([["embed"]])
+
+
+def test_throughput_and_mfu_from_the_flop_count():
+    from rq_jax import metrics
+
+    f = jax.jit(lambda a, b: a @ b)
+    x = jnp.ones((64, 32), jnp.float32)
+    flops = metrics.step_flops(f, x, x.T)
+    assert flops == pytest.approx(2 * 64 * 32 * 64, rel=0.01)
+    t = metrics.throughput(10.0, examples_per_step=8, tokens_per_step=8 * 256, flops_per_step=1e12,
+                           peak_per_device=1e14, num_devices=4)
+    assert t == pytest.approx({"examples_per_sec": 80.0, "tokens_per_sec": 20480.0, "mfu": 0.025})
+    assert metrics.peak_flops(jax.devices()[0]) is None  # a CPU has no entry: no MFU is logged
+    assert metrics.peak_flops(jax.devices()[0], 5e12) == 5e12
+
+    class H100:
+        device_kind = "NVIDIA H100 80GB HBM3"
+
+    assert metrics.peak_flops(H100()) == 989e12
