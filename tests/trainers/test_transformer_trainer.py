@@ -2,6 +2,8 @@
 `tiny_stage2_runs`), and the loss falls below log K."""
 
 import importlib.util
+import json
+import shutil
 import math
 import pathlib
 from functools import partial
@@ -51,6 +53,16 @@ def test_sample_cli_errors(tiny_stage2_runs):
         main(["--workdir", str(tmp / "transformer"), "--classes", "10", "--out", str(tmp / "x.png")])
     with pytest.raises(ValueError, match=r"not a stage-2 'rq_transformer' run"):
         main(["--workdir", str(tmp / "rqvae"), "--out", str(tmp / "x.png")])
+    # a stage-1 run whose code shape differs from the transformer's (same parameters, depth 2 instead of 4)
+    other = tmp / "rqvae_depth2"
+    if not other.exists():
+        shutil.copytree(tmp / "rqvae", other)
+        cfg = json.loads((other / "config.json").read_text())
+        cfg["model"]["code_shape"] = [*cfg["model"]["code_shape"][:2], 2]
+        (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"has code shape \(16, 16, 2\) and K=64, but the transformer expects "
+                                         r"\(16, 16, 4\) and K=64; pass the stage-1 run it was trained on"):
+        main(["--workdir", str(tmp / "transformer"), "--rqvae", str(other), "--out", str(tmp / "x.png")])
 
 
 def test_loss_falls_well_below_log_k_on_a_fixed_code_set():
