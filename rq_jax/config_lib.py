@@ -63,6 +63,8 @@ def rqvae_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.dcn_shape = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # slices per axis (multi-slice)
+    c.mesh.rules = ()  # ((logical name, mesh axis | (axes,) | None), ...); empty: rq_jax.sharding.DEFAULT_RULES
     return c
 
 
@@ -231,6 +233,8 @@ def transformer_config(rqvae: ml_collections.ConfigDict) -> ml_collections.Confi
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.dcn_shape = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # slices per axis (multi-slice)
+    c.mesh.rules = ()  # ((logical name, mesh axis | (axes,) | None), ...); empty: rq_jax.sharding.DEFAULT_RULES
     return c
 
 

@@ -21,7 +21,9 @@ Shardings only decide where data lives: under `jit` the results are the same on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -44,6 +46,8 @@ DEFAULT_RULES: Rules = (
     ("conv_out", "tensor"),   # conv kernel output channels (and their biases / norms stay replicated)
     ("classes", None),
     ("length", None),
+    ("embed_act", None),      # the residual stream's width (activations; e.g. "tensor" for sequence-
+                              # parallel-style layouts)
     ("norm", None),
     ("code_dim", None),
 )
@@ -60,9 +64,19 @@ def logical_axes(initializer: Any, *names: str | None) -> Any:
     return nnx.with_partitioning(initializer, tuple(names), eager_sharding=False)
 
 
-def mesh_from_config(shape: Mapping[str, int] | None = None, devices: list | None = None) -> Mesh:
-    """A mesh with Auto axis types over `devices` (default: all), resolving one -1 axis size."""
+def mesh_from_config(shape: Mapping[str, int] | None = None, devices: list | None = None,
+                     dcn_shape: Mapping[str, int] | None = None) -> Mesh:
+    """A mesh with Auto axis types over `devices` (default: all), resolving one -1 axis size.
+
+    `dcn_shape` (multi-slice TPU, `config.mesh.dcn_shape`) gives how many slices each axis spans over the
+    data-center network, e.g. shape {data: -1, fsdp: 16} with dcn_shape {data: 2} on two v4-32 slices:
+    `shape` is then the per-slice (ICI) mesh and the devices are laid out by
+    `mesh_utils.create_hybrid_device_mesh`, so only the `data` axis crosses slices.
+    """
     devices = list(jax.devices()) if devices is None else list(devices)
+    dcn = {k: int(v) for k, v in (dcn_shape or {}).items() if int(v) != 1}
+    if dcn:
+        return _hybrid_mesh(dict(shape or {"data": -1}), dcn, devices)
     shape = dict(shape or {"data": -1})
     sizes = list(shape.values())
     if sizes.count(-1) > 1:
@@ -81,6 +95,31 @@ def mesh_from_config(shape: Mapping[str, int] | None = None, devices: list | Non
     return jax.make_mesh(
         tuple(sizes), names, axis_types=(jax.sharding.AxisType.Auto,) * len(names), devices=devices
     )
+
+
+def mesh_from_run_config(mesh_config: Any) -> Mesh:
+    """The mesh of a run's `config.mesh` (shape, and dcn_shape for multi-slice TPU) over all devices."""
+    dcn = mesh_config.get("dcn_shape", None)
+    return mesh_from_config(dict(mesh_config.shape), dcn_shape=dict(dcn) if dcn else None)
+
+
+def _hybrid_mesh(shape: dict[str, int], dcn: dict[str, int], devices: list) -> Mesh:
+    from jax.experimental import mesh_utils
+
+    unknown = sorted(set(dcn) - set(shape))
+    if unknown:
+        raise ValueError(f"config.mesh.dcn_shape names axes {unknown} that config.mesh.shape does not have.")
+    slices = int(np.prod(list(dcn.values())))
+    if len(devices) % slices or not all(hasattr(d, "slice_index") for d in devices):
+        raise ValueError(
+            f"config.mesh.dcn_shape {dcn} needs {slices} slices of equal size whose devices report a slice_index "
+            f"(multi-slice TPU); these {len(devices)} devices do not. Remove dcn_shape on a single slice."
+        )
+    per_slice = mesh_from_config(shape, devices[: len(devices) // slices])  # resolves -1 per slice
+    names = tuple(shape)
+    ici = tuple(per_slice.shape[n] for n in names)
+    grid = mesh_utils.create_hybrid_device_mesh(ici, tuple(dcn.get(n, 1) for n in names), devices=devices)
+    return Mesh(grid, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -206,3 +245,43 @@ def describe(mesh: Mesh, shardings: Any, abstract_state: Any) -> str:
         total += nbytes
         per_device += int(np.prod(s.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
     return f"state {total / 2**20:,.1f} MiB, {per_device / 2**20:,.1f} MiB per device on mesh {dict(mesh.shape)}"
+
+
+# ---- activations ----------------------------------------------------------------------------------
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar("rq_jax_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
+    """Within this context, `constrain` pins activations to the mesh by their logical names (a jitted
+    step must be traced inside it: `MeshJit` does that); outside it `constrain` does nothing, so models
+    run unchanged on one device, in tests and in samplers."""
+    token = _ACTIVE.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, *names: str | None) -> jax.Array:
+    """`with_sharding_constraint` of an activation by logical axis names, e.g. ("batch", "length", "embed_act")."""
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, mesh_spec(names, x.shape, mesh, rules)))
+
+
+class MeshJit:
+    """A jitted function that is traced, lowered and called inside `activation_sharding(mesh, rules)`."""
+
+    def __init__(self, jitted: Callable, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+        self.jitted, self.mesh, self.rules = jitted, mesh, rules
+
+    def __call__(self, *args: Any) -> Any:
+        with activation_sharding(self.mesh, self.rules):
+            return self.jitted(*args)
+
+    def lower(self, *args: Any) -> Any:
+        with activation_sharding(self.mesh, self.rules):
+            return self.jitted.lower(*args)

@@ -89,7 +89,7 @@ from rq_jax.models.transformer_layers import (
     layer_norm,
     linear,
 )
-from rq_jax.sharding import logical_axes
+from rq_jax.sharding import constrain, logical_axes
 
 COND_KINDS = ("none", "class", "text")
 
@@ -296,15 +296,17 @@ class RQTransformer(nnx.Module):
 
         x_BxTxC = self.embed_codes_spatial(codes_BxTxD, codebook_KxC) + self.pos_emb_hw[...][:t]
         seq_BxSxC = jnp.concatenate([self.embed_cond(cond, b, drop_cond), x_BxTxC[:, :-1]], axis=1)
-        seq_BxSxC = dropout(seq_BxSxC, self.embd_dropout, rng_embd)
-        out_BxSxC = self.body_transformer(seq_BxSxC, rng=rng_body)
+        seq_BxSxC = constrain(dropout(seq_BxSxC, self.embd_dropout, rng_embd), "batch", "length", "embed_act")
+        out_BxSxC = constrain(self.body_transformer(seq_BxSxC, rng=rng_body), "batch", "length", "embed_act")
         ctx_BxTxC = out_BxSxC[:, self.cond_len - 1:]
 
         depth_in = jnp.concatenate(
             [ctx_BxTxC[:, :, None], self.embed_codes_depth(codes_BxTxD, codebook_KxC)[:, :, :-1]], axis=2
         ) + self.pos_emb_d[...][:d]
-        head_out = self.head_transformer(depth_in.reshape(b * t, d, self.d_model), rng=rng_head)
-        logits = self.classifier(head_out).reshape(b, h, w, d, self.vocab_size)
+        depth_in = constrain(depth_in.reshape(b * t, d, self.d_model), "batch", "length", "embed_act")
+        head_out = constrain(self.head_transformer(depth_in, rng=rng_head), "batch", "length", "embed_act")
+        logits = constrain(self.classifier(head_out).reshape(b, h, w, d, self.vocab_size),
+                           "batch", None, None, None, "vocab")
         if not return_cond_logits:
             return logits
         if self.cond_classifier is None:

@@ -59,6 +59,7 @@ from rq_jax.quantizer import (
     rq_quantize_train,
 )
 from rq_jax.quantizer.residual import REDUCTIONS, UPDATE_MODES
+from rq_jax.sharding import constrain
 
 LAST_LAYER_PATH = ("decoder", "conv_out", "kernel")
 
@@ -248,8 +249,8 @@ class RQVAE(nnx.Module):
     ) -> jax.Array:
         """Continuous features z [B, H/f, W/f, embed_dim] (float32), after quant_conv."""
         self._check_images(x_BxHxWx3)
-        h = self.encoder(x_BxHxWx3, train=train, rng=rng)
-        return self.quant_conv(h.astype(jnp.float32))
+        h = self.encoder(constrain(x_BxHxWx3, "batch", None, None, None), train=train, rng=rng)
+        return constrain(self.quant_conv(h.astype(jnp.float32)), "batch", None, None, None)
 
     def quantize(self, z_BxhxwxC: jax.Array) -> RQOutput:
         """Residual quantization of features with the current (frozen) codebook."""
@@ -278,7 +279,7 @@ class RQVAE(nnx.Module):
         With `return_last_features`, (images, h) where h [B, H, W, ch*ch_mult[0]] (compute dtype) is
         the input of `decoder.conv_out` (images = conv_out(h)), for the adaptive GAN weight.
         """
-        h = self.post_quant_conv(zq_BxhxwxC.astype(jnp.float32))
+        h = self.post_quant_conv(constrain(zq_BxhxwxC.astype(jnp.float32), "batch", None, None, None))
         out = self.decoder(h, train=train, rng=rng, return_last_features=return_last_features)
         if return_last_features:
             return out[0].astype(jnp.float32), out[1]

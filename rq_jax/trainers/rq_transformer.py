@@ -104,10 +104,11 @@ def jit_train_step(config: ml_collections.ConfigDict, mesh, setup: StateSetup):
     """`train_step` jitted with explicit state/batch shardings and the state donated."""
     repl = sharding.replicated(mesh)
     batch_sh = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
-    return jax.jit(partial(train_step, graph=setup.graph, config=config, tx=setup.tx,
-                           param_shardings=setup.shardings["params"]),
-                   in_shardings=(setup.shardings, batch_sh, repl, repl), out_shardings=(setup.shardings, repl),
-                   donate_argnums=(0,))
+    jitted = jax.jit(partial(train_step, graph=setup.graph, config=config, tx=setup.tx,
+                             param_shardings=setup.shardings["params"]),
+                     in_shardings=(setup.shardings, batch_sh, repl, repl), out_shardings=(setup.shardings, repl),
+                     donate_argnums=(0,))
+    return sharding.MeshJit(jitted, mesh, sharding.rules_from_config(config.mesh.get("rules")))
 
 
 def _cond_of(config, batch, text_table):
@@ -263,7 +264,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tc = config.train
     meta = load_meta(config.data.features_dir)
     check_features(config, meta)
-    mesh = sharding.mesh_from_config(config.mesh.shape.to_dict())
+    mesh = sharding.mesh_from_run_config(config.mesh)
     local_bs = tc.batch_size // jax.process_count()
     data_iter, src = build_feature_pipeline(config.data.features_dir, split="train", batch_size=local_bs,
                                             seed=config.seed)

@@ -98,13 +98,14 @@ def jit_train_step(config: ml_collections.ConfigDict, mesh, setup: StateSetup, l
     """`train_step` jitted with the state's shardings in and out, the batch split over the data axes, and
     the state donated."""
     repl = sharding.replicated(mesh)
-    return jax.jit(
+    jitted = jax.jit(
         partial(train_step, graphs=setup.graphs, lpips_graph=lpips_graph, config=config,
                 tx_gen=setup.tx_gen, tx_disc=setup.tx_disc),
         in_shardings=(setup.shardings, {"image": sharding.batch_sharding(mesh)}, repl if has_lpips else None),
         out_shardings=(setup.shardings, repl),
         donate_argnums=(0,),
     )
+    return sharding.MeshJit(jitted, mesh, sharding.rules_from_config(config.mesh.get("rules")))
 
 
 def load_perceptual(config: ml_collections.ConfigDict):
@@ -291,7 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_known_keys(config, rqvae_config())
     os.makedirs(workdir, exist_ok=True)
     tc = config.train
-    mesh = sharding.mesh_from_config(config.mesh.shape.to_dict())
+    mesh = sharding.mesh_from_run_config(config.mesh)
     dp = sharding.data_parallel_size(mesh)
     if tc.batch_size % dp or tc.batch_size % jax.process_count():
         raise ValueError(

@@ -178,3 +178,25 @@ def test_throughput_and_mfu_from_the_flop_count():
         device_kind = "NVIDIA H100 80GB HBM3"
 
     assert metrics.peak_flops(H100()) == 989e12
+
+
+def test_activation_constraints_apply_only_inside_the_mesh_context():
+    mesh = mesh_of((2, 2, 2))
+    x = jnp.ones((8, 6, 4))
+    def f(a):
+        return sharding.constrain(a * 2, "batch", None, "heads")
+
+    assert len(jax.jit(f)(x).sharding.device_set) == 1  # no context: untouched, stays on its one device
+    y = sharding.MeshJit(jax.jit(f), mesh)(x)
+    assert y.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")
+    np.testing.assert_array_equal(np.asarray(y), 2 * np.ones((8, 6, 4)))
+
+
+def test_multislice_mesh_needs_slices():
+    with pytest.raises(ValueError, match="needs 2 slices of equal size whose devices report a slice_index"):
+        sharding.mesh_from_config({"data": -1, "fsdp": 2}, dcn_shape={"data": 2})
+    with pytest.raises(ValueError, match=r"names axes \['pipe'\]"):
+        sharding.mesh_from_config({"data": -1}, dcn_shape={"pipe": 2})
+    # dcn_shape of ones is a single slice
+    assert dict(sharding.mesh_from_config({"data": -1, "fsdp": 2}, dcn_shape={"data": 1}).shape) == {"data": 4,
+                                                                                                    "fsdp": 2}
