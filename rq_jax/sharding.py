@@ -273,7 +273,10 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
 
 
 class MeshJit:
-    """A jitted function that is traced, lowered and called inside `activation_sharding(mesh, rules)`."""
+    """A jitted function that is traced, lowered and called inside `activation_sharding(mesh, rules)`.
+
+    The context is read when the function is traced, and jit caches traces per function: wrap a function
+    that is never also called bare (the trainers build their step functions for this alone)."""
 
     def __init__(self, jitted: Callable, mesh: Mesh, rules: Rules = DEFAULT_RULES):
         self.jitted, self.mesh, self.rules = jitted, mesh, rules

@@ -186,8 +186,11 @@ def test_activation_constraints_apply_only_inside_the_mesh_context():
     def f(a):
         return sharding.constrain(a * 2, "batch", None, "heads")
 
+    def g(a):  # a function of its own: jit caches traces per function, and the context is read when tracing
+        return sharding.constrain(a * 2, "batch", None, "heads")
+
     assert len(jax.jit(f)(x).sharding.device_set) == 1  # no context: untouched, stays on its one device
-    y = sharding.MeshJit(jax.jit(f), mesh)(x)
+    y = sharding.MeshJit(jax.jit(g), mesh)(x)
     assert y.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")
     np.testing.assert_array_equal(np.asarray(y), 2 * np.ones((8, 6, 4)))
 

@@ -3,9 +3,9 @@
 
 import importlib.util
 import json
-import shutil
 import math
 import pathlib
+import shutil
 from functools import partial
 
 import jax
