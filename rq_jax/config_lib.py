@@ -214,6 +214,7 @@ def transformer_config(rqvae: ml_collections.ConfigDict) -> ml_collections.Confi
     c.train.grad_clip = 1.0
     c.train.microbatches = 1  # > 1: gradient accumulation over this many slices of the batch (memory / M)
     c.train.peak_flops = 0.0  # per device, for MFU in the logs; 0: looked up from the device kind
+    c.train.text_loss_weight = 0.0  # text models: loss = (1 - w) image + w next-text-token (official CC-3M: 0.1)
     c.train.cond_drop_prob = 0.0  # > 0 with model.cfg_null: classifier-free guidance training
     c.train.log_every = 50
     c.train.eval_every = 1000
@@ -315,6 +316,7 @@ def table5_transformer(name: str, arg: str | None = None) -> ml_collections.Conf
     c.sample.update(dict(top_k=row["top_k"], top_p=row["top_p"]))
     if row["cond"] == "text":
         c.text.vocab_size = 16384  # the official bpe16k; or --config.text.tokenizer=DIR with its vocab/merges
+        c.train.text_loss_weight = 0.1  # the official run: 0.1 next-text-token + 0.9 image loss
     if "runlocal" in args:
         transformer_runlocal(c)
         if row["cond"] == "text":

@@ -14,9 +14,9 @@ Layers: Table 5 lists 24 spatial layers, but the released state dict
 (tests/data/official_state_dicts/cc3m-rqtransformer-8x8x4-650M.txt) and the official yaml have 26, and only
 26 gives the 654M parameters of Table 5; this config follows the release.
 Text: the tokenizer is trained on the captions (`text.vocab_size` 16384), or pass the official CharBPE files
-with `--config.text.tokenizer=DIR` (vocab.json + merges.txt of bpe16k_huggingface). The official run also
-trains next-text-token prediction (loss weights 0.1 text / 0.9 image); the stage-2 trainer here has the image
-loss only. The extractor reads the stage-1 run's data config: point it at CC-3M (images with captions).
+with `--config.text.tokenizer=DIR` (vocab.json + merges.txt of bpe16k_huggingface). As the official run, it
+also trains next-text-token prediction (`train.text_loss_weight` 0.1: 0.1 text + 0.9 image loss).
+The extractor reads the stage-1 run's data config: point it at CC-3M (images with captions).
 """
 
 from rq_jax.config_lib import table5_transformer

@@ -186,11 +186,21 @@ def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, text_table: ja
         if config.train.cond_drop_prob > 0 and cond is not None:
             drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (codes.shape[0],))
 
+        text_w = float(config.train.get("text_loss_weight", 0.0)) if config.model.cond == "text" else 0.0
+
         def loss_fn(p):
             model = nnx.merge(graph, p)
-            logits = model(codes, cond, codebook_KxC=codebook_KxC, train=True, rng=r_model, drop_cond=drop)
+            out = model(codes, cond, codebook_KxC=codebook_KxC, train=True, rng=r_model, drop_cond=drop,
+                        return_cond_logits=text_w > 0)
+            logits = out[0] if text_w > 0 else out
             logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
             loss = -jnp.mean(jnp.sum(targets * logp, axis=-1))
+            if text_w > 0:  # the text tokens' outputs predict the next token (rows whose text was dropped: not)
+                text_logp = jax.nn.log_softmax(out[1].astype(jnp.float32), axis=-1)
+                ce_BxL = -jnp.take_along_axis(text_logp, cond[:, 1:, None], axis=-1)[..., 0]
+                keep_B = jnp.ones(ce_BxL.shape[:1]) if drop is None else 1.0 - drop.astype(jnp.float32)
+                text_loss = jnp.sum(ce_BxL.mean(-1) * keep_B) / jnp.maximum(jnp.sum(keep_B), 1.0)
+                loss = (1.0 - text_w) * loss + text_w * text_loss
             nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
             acc_D = jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
             return loss, (nll, acc_D)

@@ -54,3 +54,40 @@ def test_accumulated_gradient_equals_the_full_batch_gradient():
 def test_batch_not_divisible_by_microbatches_is_one_sentence():
     with pytest.raises(ValueError, match="batch_size=8 is not divisible by config.train.microbatches=3"):
         t2._microbatches({"x": jnp.zeros((8, 2))}, 3)
+
+
+def cc3m_step(text_w):
+    spec = importlib.util.spec_from_file_location("cc3m", REPO / "configs/transformer/cc3m.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("runlocal")
+    c.train.text_loss_weight, c.model.dropout, c.train.batch_size = text_w, 0.0, 4
+    mesh = sharding.mesh_from_config({"data": 1}, devices=jax.devices()[:1])
+    tx, _ = t2.make_optimizer(c.train, 10)
+    setup = t2.setup_state(c, mesh, tx)
+    rng = np.random.default_rng(0)
+    h, w, _ = c.model.code_shape
+    table = rng.integers(0, c.model.text_vocab_size, size=(5, c.model.text_len)).astype(np.int32)
+    batch = dict(features=rng.normal(size=(4, h, w, c.model.embed_dim)).astype(np.float32),
+                 label=np.zeros(4, np.int32), caption=np.arange(4, dtype=np.int32))
+    codebook = jnp.asarray(rng.normal(size=(c.model.vocab_size, c.model.embed_dim)).astype(np.float32))
+    state, m = t2.jit_train_step(c, mesh, setup)(setup.init(), sharding.global_batch(mesh, batch), codebook,
+                                                 jnp.asarray(table))
+    return jax.device_get(state), float(m["loss"])
+
+
+def test_cc3m_trains_the_next_text_token_head():
+    assert config_text_weight() == 0.1
+    with_text, loss_w = cc3m_step(0.1)
+    image_only, loss_0 = cc3m_step(0.0)
+    moved = jax.tree.leaves(jax.tree.map(lambda a: np.abs(a).max(), with_text["opt"][1][0].mu["cond_classifier"]))
+    still = jax.tree.leaves(jax.tree.map(lambda a: np.abs(a).max(), image_only["opt"][1][0].mu["cond_classifier"]))
+    assert max(moved) > 0 and max(still) == 0  # only the text loss reaches cond_classifier
+    assert loss_w != loss_0
+
+
+def config_text_weight():
+    spec = importlib.util.spec_from_file_location("cc3m", REPO / "configs/transformer/cc3m.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config().train.text_loss_weight
