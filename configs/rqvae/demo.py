@@ -9,9 +9,9 @@ since with so few steps the L1 term does the work.
 
 The codebook is updated once per step from the residuals of all four depths pooled, and codes that get
 less than 1/8 of an average code's share (EMA count < 4 of ~32 vectors per code and step) are restarted
-from those pooled residuals, three quarters of which are deeper-depth residuals. With the official
-per-depth order and threshold 1 the deep depths used < 50% of the codebook (90/80/50/44% at depths
-1-4); with these two switches every depth uses over 60% for the same PSNR (74/80/69/60%).
+on residuals of the depth that used the fewest distinct codes in the batch (`restart_from`). Deep
+residuals are small and crowd onto a few small codes: with the official per-depth order and threshold 1
+depths 3-4 used about half of the codebook or less (90/80/50/44% at depths 1-4 on the held-out set).
 """
 
 from rq_jax.config_lib import rqvae_config, runlocal
@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
                         z_channels=64, embed_dim=64, code_shape=(8, 8, 4), codebook_size=128))
     c.model.quantizer.update_mode = "once"
     c.model.quantizer.restart_threshold = 4.0
+    c.model.quantizer.restart_from = "least_used_depth"
     c.data.name = "embedded"
     c.data.image_size = 32
     c.data.random_flip = False  # emoji include text-like symbols

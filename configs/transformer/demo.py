@@ -33,13 +33,13 @@ def get_config(arg: str | None = None):
     c.model.update(dict(d_model=128, num_heads=4, spatial_layers=4, depth_layers=2, num_classes=10, cfg_null=True,
                         dropout=0.1))
     c.soft.temperature = 0.5
-    c.train.update(dict(batch_size=32, num_steps=480, lr=1e-3, warmup_steps=50, cond_drop_prob=0.1,
-                        log_every=40, eval_every=240, sample_every=480, checkpoint_every=240, eval_batches=4))
+    c.train.update(dict(batch_size=32, num_steps=420, lr=1e-3, warmup_steps=50, cond_drop_prob=0.1,
+                        log_every=30, eval_every=210, sample_every=420, checkpoint_every=210, eval_batches=4))
     c.sample.update(dict(top_k=32, top_p=0.95, num=8, cfg_scale=1.5))
     if arg == "text":  # conditioned on the emoji names ("red apple") with a BPE tokenizer trained on them
         c.model.update(dict(cond="text", text_len=16, text_vocab_size=1024))
         c.text.vocab_size = 1024
-        c.train.update(dict(num_steps=320, eval_every=320, sample_every=320, checkpoint_every=320))
+        c.train.update(dict(num_steps=260, eval_every=260, sample_every=260, checkpoint_every=260))
     if arg == "runlocal":
         c = transformer_config(_stage1("runlocal"))
         c.model.update(dict(num_classes=10, cfg_null=True))

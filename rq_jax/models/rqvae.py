@@ -58,7 +58,7 @@ from rq_jax.quantizer import (
     rq_quantize,
     rq_quantize_train,
 )
-from rq_jax.quantizer.residual import REDUCTIONS, UPDATE_MODES
+from rq_jax.quantizer.residual import REDUCTIONS, RESTART_SOURCES, UPDATE_MODES
 from rq_jax.sharding import constrain
 
 LAST_LAYER_PATH = ("decoder", "conv_out", "kernel")
@@ -79,6 +79,8 @@ class QuantizerConfig:
       which is a ConfigDict method that command-line overrides cannot reach.
     impl: nearest-code implementation ("auto", "xla", "pallas", ...).
     commitment_reduction: "mean" (official) or "sum" (Eq. 7) over depths.
+    restart_from: "all" (official) or "least_used_depth" (with update_mode "once"): where restarted codes
+      are drawn from (see rq_jax.quantizer.residual).
     """
 
     depth: int = 4
@@ -89,10 +91,14 @@ class QuantizerConfig:
     update_mode: str = "per_depth"
     impl: str = "auto"
     commitment_reduction: str = "mean"
+    restart_from: str = "all"
 
     def __post_init__(self):
         if self.update_mode not in UPDATE_MODES:
             raise ValueError(f"Unknown codebook update mode {self.update_mode!r}; choose one of {UPDATE_MODES}.")
+        if self.restart_from not in RESTART_SOURCES or (self.restart_from != "all" and self.update_mode != "once"):
+            raise ValueError(f"quantizer.restart_from must be one of {RESTART_SOURCES} ('least_used_depth' with "
+                             f"update_mode 'once'); got {self.restart_from!r} with {self.update_mode!r}.")
         if self.commitment_reduction not in REDUCTIONS:
             raise ValueError(
                 f"Unknown commitment reduction {self.commitment_reduction!r}; choose one of {REDUCTIONS}."
@@ -102,7 +108,8 @@ class QuantizerConfig:
             raise ValueError(f"The quantizer needs 0 <= decay < 1 and depth >= 1; got {got}.")
 
 
-_QUANTIZER_FIELDS = ("decay", "eps", "restart", "restart_threshold", "update_mode", "impl", "commitment_reduction")
+_QUANTIZER_FIELDS = ("decay", "eps", "restart", "restart_threshold", "update_mode", "impl", "commitment_reduction",
+                     "restart_from")
 
 
 def rqvae_model_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -128,7 +135,7 @@ def rqvae_model_config(**overrides: Any) -> ml_collections.ConfigDict:
     cfg.param_dtype = "float32"
     cfg.quantizer = ml_collections.ConfigDict(
         dict(decay=0.99, eps=1e-5, restart=True, restart_threshold=1.0, update_mode="per_depth", impl="auto",
-             commitment_reduction="mean")
+             commitment_reduction="mean", restart_from="all")
     )
     for key, value in overrides.items():
         if key not in cfg:
@@ -323,7 +330,7 @@ class RQVAE(nnx.Module):
         out, new_state = rq_quantize_train(
             z, self.codebook_state, q.depth, rng_q if q.restart else None, decay=q.decay, eps=q.eps,
             restart=q.restart, restart_threshold=q.restart_threshold, update=q.update_mode, impl=q.impl,
-            commitment_reduction=q.commitment_reduction,
+            commitment_reduction=q.commitment_reduction, restart_from=q.restart_from,
         )
         dec = self.decode_features(
             out.quantized, train=True, rng=rng_dec, return_last_features=return_last_features

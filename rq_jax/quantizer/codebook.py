@@ -129,14 +129,19 @@ def ema_update(
     restart_threshold: float = 1.0,
     rng: jax.Array | None = None,
     weights_N: jax.Array | None = None,
+    restart_vectors_MxC: jax.Array | None = None,
 ) -> CodebookState:
-    """One EMA codebook step from vectors and their codes: accumulate, [restart], re-embed."""
+    """One EMA codebook step from vectors and their codes: accumulate, [restart], re-embed.
+
+    Restarted codes are drawn from `restart_vectors_MxC` when given, else from `vectors_NxC`.
+    """
     counts_K, sums_KxC = cluster_statistics(vectors_NxC, codes_N, state.num_codes, weights_N)
     state = ema_accumulate(state, counts_K, sums_KxC, decay)
     if restart:
         if rng is None:
             raise ValueError("Restarting unused codes needs a PRNG key: pass rng=..., or restart=False.")
-        state, _ = restart_unused(state, rng, vectors_NxC, threshold=restart_threshold)
+        pool = vectors_NxC if restart_vectors_MxC is None else restart_vectors_MxC
+        state, _ = restart_unused(state, rng, pool, threshold=restart_threshold)
     return embedding_from_ema(state, eps)
 
 

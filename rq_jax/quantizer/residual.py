@@ -19,6 +19,13 @@ Codebook update order (`update=`):
   * "once": every depth searches the step's starting codebook, and a single EMA step uses the
     residuals and codes of all depths pooled (one decay per training step). Cheaper (one
     update instead of D) and every code of a step refers to the same codebook.
+
+Where restarted codes come from (`restart_from=`, "once" only for the second):
+  * "all" (default): the vectors the EMA step saw (per_depth: that depth's residuals, as the official
+    code; once: every depth's residuals pooled).
+  * "least_used_depth": the residuals of the depth that used the fewest distinct codes in this batch.
+    Deep residuals are small and crowd onto a few small codes; restarting dead codes on them spreads
+    the deep depths over the codebook (a switch; not in the official code).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from rq_jax.kernels.nearest_code import nearest_code
 from rq_jax.quantizer import codebook as cb
 
 UPDATE_MODES = ("per_depth", "once")
+RESTART_SOURCES = ("all", "least_used_depth")
 REDUCTIONS = ("mean", "sum")
 
 
@@ -139,6 +147,7 @@ def rq_quantize_train(
     update: str = "per_depth",
     impl: str = "auto",
     commitment_reduction: str = "mean",
+    restart_from: str = "all",
 ) -> tuple[RQOutput, cb.CodebookState]:
     """Training-mode residual quantization: the forward of `rq_quantize` plus the EMA codebook update.
 
@@ -147,6 +156,10 @@ def rq_quantize_train(
     """
     if update not in UPDATE_MODES:
         raise ValueError(f"Unknown codebook update mode {update!r}; choose one of {UPDATE_MODES}.")
+    if restart_from not in RESTART_SOURCES:
+        raise ValueError(f"Unknown restart source {restart_from!r}; choose one of {RESTART_SOURCES}.")
+    if restart_from != "all" and update != "once":
+        raise ValueError(f"restart_from={restart_from!r} needs update mode 'once' (all depths' residuals at hand).")
     check_inputs(z, state.embedding_KxC, depth)
     if restart and rng is None:
         raise ValueError("Restarting unused codes needs a PRNG key: pass rng=..., or restart=False.")
@@ -159,8 +172,15 @@ def rq_quantize_train(
         zf = jax.lax.stop_gradient(z).astype(jnp.float32)[..., None, :]
         # The residual each depth searched: r_{d-1} = z - zhat(d-1).
         prev = jnp.concatenate([jnp.zeros_like(zf), zhat_cum[..., :-1, :]], axis=-2)
-        residuals = (zf - prev).reshape(-1, c)
-        state = cb.ema_update(state, residuals, codes.reshape(-1), rng=rng, **upd)
+        residuals_NxDxC = (zf - prev).reshape(-1, depth, c)
+        pool = None
+        if restart_from == "least_used_depth":
+            codes_NxD = codes.reshape(-1, depth)
+            k = state.num_codes
+            used_D = jax.vmap(lambda c_N: jnp.sum(jnp.zeros((k,), jnp.float32).at[c_N].max(1.0)), in_axes=1)(codes_NxD)
+            pool = jnp.take(residuals_NxDxC, jnp.argmin(used_D), axis=1)
+        state = cb.ema_update(state, residuals_NxDxC.reshape(-1, c), codes.reshape(-1), rng=rng,
+                              restart_vectors_MxC=pool, **upd)
     else:
         rngs = [None] * depth if rng is None else list(jax.random.split(rng, depth))
         residual = jax.lax.stop_gradient(z).astype(jnp.float32)

@@ -149,3 +149,30 @@ def test_bad_inputs_give_clear_errors():
         q.rq_quantize_train(z, q.init_codebook(jax.random.key(0), 4, 8), 2, None, restart=False, update="x")
     with pytest.raises(ValueError, match="Decoding depth"):
         q.rq_decode(jnp.zeros((2, 3), jnp.int32), e, 4)
+
+
+def test_restart_from_the_least_used_depth():
+    """Dead codes restart on residuals of the depth that used the fewest distinct codes in the batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from rq_jax import quantizer as q
+
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(size=(64, 8)).astype(np.float32))
+    state = q.init_codebook(jax.random.key(0), 32, 8)
+    state = state._replace(cluster_size_K=jnp.asarray(np.r_[np.full(16, 50.0), np.zeros(16)], jnp.float32))
+    codes, zhat = q.rq_encode(z, state.embedding_KxC, 3)
+    prev = np.concatenate([np.zeros((64, 1, 8)), np.asarray(zhat)[:, :-1]], axis=1)
+    residuals = np.asarray(z)[:, None] - prev  # [N, D, C]: what each depth searched
+    used = [len(np.unique(np.asarray(codes)[:, d])) for d in range(3)]
+    d_star = int(np.argmin(used))
+    _, new = q.rq_quantize_train(z, state, 3, jax.random.key(1), update="once", restart_from="least_used_depth",
+                                 restart_threshold=1.0)
+    restarted = np.asarray(new.embedding_KxC)[16:]  # the 16 dead codes (no vector reaches 1 count in one step)
+    for vec in restarted:
+        dist = np.min(np.linalg.norm(residuals[:, d_star] - vec, axis=-1))
+        assert dist < 1e-3 * max(1.0, np.linalg.norm(vec)), dist
+    with pytest.raises(ValueError, match="needs update mode 'once'"):
+        q.rq_quantize_train(z, state, 3, jax.random.key(1), restart_from="least_used_depth")
