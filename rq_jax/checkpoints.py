@@ -109,8 +109,9 @@ def restore_or_init(
 def restore_partial(path: str, abstract_part: dict[str, Any]) -> dict[str, Any]:
     """Restores the top-level keys of `abstract_part` from a run's checkpoint (`…/checkpoints[/STEP]`).
 
-    The whole saved tree is read without a target and the requested keys are placed onto the
-    shardings of `abstract_part`, so the source run may have had other optimizer settings.
+    The whole saved tree is read onto the host (any saving topology: other processes, devices, mesh) and
+    the requested keys are placed onto the shardings of `abstract_part`, so the source run may have had
+    other optimizer settings.
     """
     root = epath.Path(path if "://" in str(path) else os.path.abspath(path))
     if not root.exists():
@@ -126,22 +127,38 @@ def restore_partial(path: str, abstract_part: dict[str, Any]) -> dict[str, Any]:
             )
         root = root / str(steps[-1])
     try:
-        tree = ocp.StandardCheckpointer().restore(root / "state")
+        tree = _restore_on_host(root / "state")
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"config.init_from={path}: {root / 'state'} could not be read ({e}).") from e
     out = {}
     for k, abstract in abstract_part.items():
         if k not in tree:
             raise CheckpointError(f"config.init_from={path} has no '{k}' entry (it has {sorted(tree)}).")
-        src_shapes = jax.tree.map(lambda a: tuple(a.shape), tree[k])
-        dst_shapes = jax.tree.map(lambda a: tuple(a.shape), abstract)
-        if src_shapes != dst_shapes:
+        # the saved entry is nested dicts, the abstract one an nnx State: match the leaves by path
+        try:
+            values = fill_abstract(abstract, tree[k], str(root))
+        except CheckpointError as e:
             raise CheckpointError(
                 f"config.init_from={path}: '{k}' has other shapes than this config's model; the two "
                 "configs must describe the same architecture."
-            )
-        out[k] = jax.tree.map(lambda a, ab: jax.device_put(a, ab.sharding), tree[k], abstract)
+            ) from e
+        out[k] = jax.tree.map(lambda a, ab: jax.device_put(np.asarray(a), ab.sharding), values, abstract)
     return out
+
+
+def _restore_on_host(state_dir: epath.Path) -> Any:
+    """A saved state tree onto this process's CPU, whatever processes and devices wrote it.
+
+    Without a target orbax restores onto the saved shardings, and refuses ("Topology mismatch") when those
+    devices do not exist here, e.g. a checkpoint of a two-process run read by one process.
+    """
+    reader = ocp.StandardCheckpointer()
+    meta = reader.metadata(state_dir)
+    meta_tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), meta_tree,
+                          is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    return reader.restore(state_dir, target)
 
 
 def read_run_config(workdir: str, stage: str, label: str, fix: str = ""):

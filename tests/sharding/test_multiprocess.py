@@ -1,7 +1,13 @@
 """Stage-1 training across processes and meshes: the real CLI under `jax.distributed` (two local processes,
 two fake CPU devices each, gloo collectives), exact resume across a restart of both processes, equality with
-a one-process computation on the same global batches, writes from process 0 only, and a checkpoint saved on
-one mesh (data=8) restored onto another (data=2 x fsdp=2) and trained on.
+a one-process computation on the same global batches, writes from process 0 only, `config.init_from` of the
+two-process checkpoint in one process, and a checkpoint saved on one mesh (data=8) restored onto another
+(data=2 x fsdp=2, 4 of the 8 devices) and trained on.
+
+The restart is a copy of the uninterrupted run's step-2 checkpoint into a new workdir (what a run stopped right
+after that save leaves), which saves a third two-process launch; both launches cost ~1 min on 2 CPU cores
+(process 1 compiles from scratch every time: JAX's persistent cache is written by process 0 only, and its keys
+differ per process).
 
 Why the one-process reference is not a plain one-process CLI run: the pipeline gives host p the stride
 `ds[p::P]`, shuffled per host, so one process (P=1) reads other global batches than two. The reference here
@@ -179,7 +185,7 @@ def one_process_reference(c, num_processes: int = 2):
         images = np.concatenate([next(it)["image"] for it, _ in its])
         state, m = step(state, sharding.global_batch(mesh, {"image": images}), None)
         losses[i + 1] = float(m["loss"])
-    return losses, jax.device_get(state)
+    return losses, jax.device_get(state), setup
 
 
 @pytest.mark.slow
@@ -215,10 +221,17 @@ def test_two_processes_resume_exactly_and_equal_one_process_on_the_same_batches(
     assert_trees_equal(saved_state(resumed, STEPS), final)
 
     # 3. one process, same mesh shape, the same global batches: the same losses and state
-    ref_losses, ref_state = one_process_reference(c)
+    ref_losses, ref_state, setup = one_process_reference(c)
     np.testing.assert_allclose([losses[s] for s in sorted(losses)], [ref_losses[s] for s in sorted(losses)],
                                rtol=2e-3)  # the log prints 4 significant digits
     assert_same_training(final, ref_state, c)
+
+    # 4. config.init_from of the two-process checkpoint in this one process (another topology)
+    keys = ("gen", "codebook", "disc", "disc_stats")
+    parts = checkpoints.restore_partial(str(full / "checkpoints"), {k: setup.abstract[k] for k in keys})
+    assert_trees_equal(jax.device_get(parts), {k: final[k] for k in keys})
+    assert all(x.sharding == s for x, s in zip(jax.tree.leaves(parts), jax.tree.leaves(
+        {k: setup.shardings[k] for k in keys}), strict=True))
 
 
 @pytest.mark.slow
@@ -234,8 +247,8 @@ def test_checkpoint_of_an_8_device_mesh_restores_and_trains_on_4_devices(tmp_pat
     c4.mesh.shape = {"data": 2, "fsdp": 2, "tensor": 1}
     build_mesh = sharding.mesh_from_config
 
-    def first_four(shape=None, devices=None):
-        return build_mesh(shape, devices=jax.devices()[:4] if devices is None else devices)
+    def first_four(shape=None, devices=None, **kwargs):  # the trainer's mesh: over 4 of the 8 devices
+        return build_mesh(shape, devices=jax.devices()[:4] if devices is None else devices, **kwargs)
 
     monkeypatch.setattr(sharding, "mesh_from_config", first_four)
 
