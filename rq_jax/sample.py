@@ -21,20 +21,10 @@ from rq_jax.sampling import SamplingConfig, parse_per_depth, sample_codes
 
 
 def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
-    from rq_jax.data.features import load_meta
-    from rq_jax.trainers.rq_transformer import load_rq_transformer
-    from rq_jax.trainers.rqvae import load_rqvae
+    from rq_jax.generate_eval import load_stage2
 
-    model, config, step = load_rq_transformer(args.workdir, args.step)
-    rqvae_dir = args.rqvae or config.get("rqvae_workdir") or load_meta(config.data.features_dir)["rqvae_workdir"]
-    decoder, rq_config, _ = load_rqvae(rqvae_dir)
-    if tuple(rq_config.model.code_shape) != tuple(model.code_shape) or \
-            int(rq_config.model.codebook_size) != model.vocab_size:
-        raise ValueError(
-            f"The RQ-VAE in {rqvae_dir} has code shape {tuple(rq_config.model.code_shape)} and K="
-            f"{rq_config.model.codebook_size}, but the transformer expects {model.code_shape} and K={model.vocab_size};"
-            " pass the stage-1 run it was trained on with --rqvae."
-        )
+    run_ = load_stage2(args.workdir, args.step, args.rqvae)  # checks the stage-1 run matches the transformer
+    model, config, step, decoder = run_.model, run_.config, run_.step, run_.decoder
     n = args.num
     num_classes = int(config.model.num_classes)
     if model.cond_kind == "class":
