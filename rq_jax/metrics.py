@@ -29,8 +29,7 @@ class Progress:
 
     def __init__(self, total_steps: int, start_step: int = 0):
         self.total = total_steps
-        self.t0, self.s0 = time.perf_counter(), start_step
-        self.t_last, self.s_last = self.t0, start_step
+        self.t_last, self.s_last = time.perf_counter(), start_step
         self.last_rate = 0.0  # steps/s over the window of the last `line`
 
     def line(self, step: int, metrics: dict[str, Any]) -> str:
@@ -41,9 +40,6 @@ class Progress:
         parts = [f"step {step}/{self.total}", f"{rate:.2f} steps/s", f"ETA {format_seconds(eta)}"]
         parts += [f"{k} {float(v):.4g}" for k, v in sorted(metrics.items()) if np.ndim(v) == 0]
         return " | ".join(parts)
-
-    def rate(self, step: int) -> float:
-        return (step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
 
 
 def format_seconds(s: float) -> str:

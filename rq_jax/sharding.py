@@ -145,14 +145,6 @@ def global_batch(mesh: Mesh, local_batch: Mapping[str, Any]) -> dict[str, jax.Ar
     return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in local_batch.items()}
 
 
-def place(tree: Any, shardings: Any) -> Any:
-    """Puts every leaf on its sharding in a buffer of its own (copies): donating a state fails when two
-    leaves share a buffer, as a fresh codebook's embedding and EMA sums do."""
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda a, s: jax.device_put(jnp.array(a, copy=True), s, may_alias=False), tree, shardings)
-
-
 def rules_from_config(rules: Any = None) -> Rules:
     """`config.mesh.rules` ([[logical, mesh axis | [axes] | None], ...]) or the defaults, as a tuple table."""
     if rules is None or len(rules) == 0:
