@@ -198,7 +198,10 @@ def transformer_config(rqvae: ml_collections.ConfigDict) -> ml_collections.Confi
     c.text.vocab_size = 1024  # of a tokenizer trained on the captions (<= model.text_vocab_size)
 
     c.soft = ml_collections.ConfigDict()
-    c.soft.temperature = 0.5  # tau of Q_tau
+    # tau of Q_tau: a number (the paper: 0.5 at every depth), one number per depth, or "auto:<bits>" (solved per
+    # depth at start-up so that Q_tau has that mean entropy on the training features; see README "Soft labels").
+    c.soft.temperature = ml_collections.FieldReference(0.5, field_type=object)
+    c.soft.temperature_spec = ""  # written by the trainer: the "auto:<bits>" target the numbers were solved for
     c.soft.soft_labels = True  # False: one-hot targets of the codes
     c.soft.stochastic_codes = True  # False: deterministic (argmin) codes
 

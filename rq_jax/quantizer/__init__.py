@@ -1,5 +1,12 @@
 """Pure functional residual quantization: arrays and pytrees in, arrays and pytrees out."""
 
+from rq_jax.quantizer.calibrate import (
+    calibrate_temperature,
+    parse_auto,
+    q_tau_stats,
+    sample_vectors,
+    uniform_targets_warning,
+)
 from rq_jax.quantizer.codebook import (
     CodebookState,
     cluster_statistics,
@@ -21,11 +28,18 @@ from rq_jax.quantizer.residual import (
     rq_quantize_train,
     straight_through,
 )
-from rq_jax.quantizer.soft import rq_soft_codes, sample_codes, soft_labels, squared_distances
+from rq_jax.quantizer.soft import (
+    per_depth_temperature,
+    rq_soft_codes,
+    sample_codes,
+    soft_labels,
+    squared_distances,
+)
 
 __all__ = [
     "CodebookState",
     "RQOutput",
+    "calibrate_temperature",
     "cluster_statistics",
     "codebook_usage",
     "commitment_loss",
@@ -34,6 +48,9 @@ __all__ = [
     "ema_update",
     "embedding_from_ema",
     "init_codebook",
+    "parse_auto",
+    "per_depth_temperature",
+    "q_tau_stats",
     "restart_candidates",
     "restart_unused",
     "rq_decode",
@@ -42,7 +59,9 @@ __all__ = [
     "rq_quantize_train",
     "rq_soft_codes",
     "sample_codes",
+    "sample_vectors",
     "soft_labels",
     "squared_distances",
     "straight_through",
+    "uniform_targets_warning",
 ]

@@ -8,9 +8,14 @@ depth (the stage-2 training target) and the codes: the argmin (deterministic) or
 the minimum distance, so they stay finite and the gap between codes grows as 1/tau).
 `sample_codes` draws the same distribution without materialising N x K, through the nearest-code
 kernel's Gumbel-max variant (for large-scale code extraction).
+
+tau is one number or one number per depth: residuals shrink with depth, so one tau that gives
+informative targets at depth 1 can make Q_tau nearly uniform at depth 4 (see `rq_jax.quantizer.calibrate`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +26,33 @@ from rq_jax.quantizer.residual import check_inputs
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+Temperature = float | Sequence[float]
+
+
 def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, str):
+        raise ValueError(
+            f"The soft-label temperature {temperature!r} is a calibration target: resolve it to numbers first "
+            "(rq_jax.quantizer.calibrate_temperature; the stage-2 trainer does this at start-up)."
+        )
     if isinstance(temperature, (int, float)) and not temperature > 0:
         raise ValueError(f"The soft-label temperature tau must be > 0, got {temperature}.")
+
+
+def per_depth_temperature(temperature: Temperature, depth: int) -> tuple:
+    """tau as a tuple of `depth` values: one number is used at every depth, a sequence must have `depth` entries."""
+    if isinstance(temperature, str) or not isinstance(temperature, Sequence):
+        _check_temperature(temperature)
+        return (temperature,) * depth
+    taus = tuple(temperature)
+    if len(taus) != depth:
+        raise ValueError(
+            f"The soft-label temperature has {len(taus)} values {taus} but the codes have depth {depth}: "
+            "give one tau, or one per depth."
+        )
+    for t in taus:
+        _check_temperature(t)
+    return taus
 
 
 def squared_distances(r: jax.Array, codebook_KxC: jax.Array) -> jax.Array:
@@ -44,7 +73,7 @@ def rq_soft_codes(
     z: jax.Array,
     codebook_KxC: jax.Array,
     depth: int,
-    temperature: float,
+    temperature: Temperature,
     *,
     stochastic: bool = False,
     rng: jax.Array | None = None,
@@ -52,10 +81,11 @@ def rq_soft_codes(
     """Soft labels [..., D, K] and codes [..., D] of features z [..., C].
 
     Deterministic codes are the argmin (ties to the lowest index); stochastic codes are drawn from
-    Q_tau at every depth (needs `rng`). Gradients are stopped (these are training targets).
+    Q_tau at every depth (needs `rng`); `temperature` is one tau or one per depth. Gradients are
+    stopped (these are training targets).
     """
     check_inputs(z, codebook_KxC, depth)
-    _check_temperature(temperature)
+    taus = per_depth_temperature(temperature, depth)
     if stochastic and rng is None:
         raise ValueError("Stochastic code sampling needs a PRNG key: pass rng=..., or stochastic=False.")
     emb = jax.lax.stop_gradient(codebook_KxC).astype(jnp.float32)
@@ -64,7 +94,7 @@ def rq_soft_codes(
     softs, codes = [], []
     for d in range(depth):
         dist = squared_distances(residual, emb)
-        logits = -(dist - jnp.min(dist, axis=-1, keepdims=True)) / temperature
+        logits = -(dist - jnp.min(dist, axis=-1, keepdims=True)) / taus[d]
         softs.append(jax.nn.softmax(logits, axis=-1))
         if stochastic:
             idx = jax.random.categorical(rngs[d], logits, axis=-1).astype(jnp.int32)
@@ -79,7 +109,7 @@ def sample_codes(
     z: jax.Array,
     codebook_KxC: jax.Array,
     depth: int,
-    temperature: float,
+    temperature: Temperature,
     seed: jax.Array | int,
     *,
     impl: str = "auto",
@@ -90,14 +120,14 @@ def sample_codes(
     `rq_soft_codes(..., stochastic=True)`, different random stream.
     """
     check_inputs(z, codebook_KxC, depth)
-    _check_temperature(temperature)
+    taus = per_depth_temperature(temperature, depth)
     emb = jax.lax.stop_gradient(codebook_KxC).astype(jnp.float32)
     residual = jax.lax.stop_gradient(z).astype(jnp.float32)
     seed = jnp.asarray(seed, jnp.uint32)
     codes = []
     for d in range(depth):
         idx = nearest_code(
-            residual, emb, impl=impl, gumbel_seed=seed + jnp.uint32(d), temperature=temperature
+            residual, emb, impl=impl, gumbel_seed=seed + jnp.uint32(d), temperature=taus[d]
         )
         residual = residual - jnp.take(emb, idx, axis=0)
         codes.append(idx)

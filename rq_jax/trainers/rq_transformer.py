@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -33,7 +34,15 @@ from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
 from rq_jax.metrics import TrainingDiverged  # noqa: F401 (re-exported: trainer.TrainingDiverged)
 from rq_jax.models.rq_transformer import RQTransformer
-from rq_jax.quantizer import rq_soft_codes
+from rq_jax.quantizer import (
+    calibrate_temperature,
+    parse_auto,
+    per_depth_temperature,
+    q_tau_stats,
+    rq_soft_codes,
+    sample_vectors,
+    uniform_targets_warning,
+)
 from rq_jax.sampling import SamplingConfig, sample_codes
 
 
@@ -71,6 +80,61 @@ def make_optimizer(tc: ml_collections.ConfigDict, total: int):
     parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip > 0 else []
     parts.append(optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
     return optax.chain(*parts), schedule
+
+
+class SoftLabelWarning(UserWarning):
+    """The soft-label targets of some depth are close to uniform (tau too large for the codebook's scale)."""
+
+
+def resolve_temperature(config: ml_collections.ConfigDict, features: np.ndarray, codebook_KxC: np.ndarray,
+                        workdir: str) -> tuple[tuple[float, ...], str]:
+    """The run's tau per depth and where it came from.
+
+    `config.soft.temperature` is a number, one number per depth, or "auto:<bits>": then tau is solved per
+    depth on a fixed sample of the training features so that Q_tau has that mean entropy. A run that resumes
+    keeps the values its config.json holds for the same target, so it trains on the same targets.
+    """
+    depth = int(config.model.code_shape[2])
+    spec = config.soft.temperature
+    target = parse_auto(spec)
+    if target is None:
+        return tuple(float(t) for t in per_depth_temperature(spec, depth)), "as configured"
+    saved = os.path.join(workdir, "config.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            old = json.load(f).get("soft", {})
+        taus = old.get("temperature")
+        if old.get("temperature_spec") == spec and isinstance(taus, list) and len(taus) == depth:
+            return tuple(float(t) for t in taus), f"{spec}, as calibrated when this run started ({saved})"
+    z = sample_vectors(features, codebook_KxC.shape[0], seed=config.seed)
+    taus = calibrate_temperature(z, codebook_KxC, depth, target, stochastic=config.soft.stochastic_codes,
+                                 seed=config.seed)
+    return taus, f"{spec}, calibrated on {len(z):,} training feature vectors"
+
+
+def report_soft_labels(config: ml_collections.ConfigDict, taus: tuple[float, ...], how: str, features: np.ndarray,
+                       codebook_KxC: np.ndarray, workdir: str) -> dict:
+    """Logs tau and the per-depth entropy / nearest-code probability of Q_tau on the training features,
+    warns (SoftLabelWarning) when a depth's targets are near uniform, writes `soft_labels.json`."""
+    depth, k = int(config.model.code_shape[2]), int(codebook_KxC.shape[0])
+    z = sample_vectors(features, k, max_elements=1 << 23, seed=config.seed)
+    stats = q_tau_stats(z, codebook_KxC, depth, taus, stochastic=config.soft.stochastic_codes, seed=config.seed)
+    if not config.soft.soft_labels:
+        stats["entropy_bits"] = [0.0] * depth  # one-hot targets of the (possibly stochastic) codes
+        stats["p_nearest"] = [float("nan")] * depth
+    fmt = lambda xs, f="{:.2f}": "/".join(f.format(x) for x in xs)  # noqa: E731
+    metrics.log_line(f"soft labels: tau {fmt(taus, '{:.3g}')} per depth ({how}); target entropy "
+                     f"{fmt(stats['entropy_bits'])} bits (log2 K = {math.log2(k):.2f}), nearest-code p "
+                     f"{fmt(stats['p_nearest'])}")
+    message = uniform_targets_warning(stats["entropy_bits"], k)
+    if message:
+        metrics.log_line(f"WARNING: {message}")
+        warnings.warn(message, SoftLabelWarning, stacklevel=2)
+    record = dict(temperature=list(taus), source=how, num_vectors=len(z), **stats)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "soft_labels.json"), "w") as f:
+            json.dump(record, f, indent=2)
+    return record
 
 
 class StateSetup(NamedTuple):
@@ -152,10 +216,18 @@ def _targets(config, z, codebook_KxC, rng, *, deterministic: bool):
     sc = config.soft
     depth = int(config.model.code_shape[2])
     stochastic = sc.stochastic_codes and not deterministic
-    soft, codes = rq_soft_codes(z, codebook_KxC, depth, sc.temperature, stochastic=stochastic, rng=rng)
+    temperature = 1.0 if deterministic else sc.temperature  # deterministic targets do not use tau
+    soft, codes = rq_soft_codes(z, codebook_KxC, depth, temperature, stochastic=stochastic, rng=rng)
     if not sc.soft_labels or deterministic:
         soft = jax.nn.one_hot(codes, codebook_KxC.shape[0], dtype=jnp.float32)
     return codes, soft
+
+
+def target_stats(targets_BxhxwxDxK: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-depth mean entropy (bits) of the training targets and mean probability of their top code [D]."""
+    t = targets_BxhxwxDxK.reshape(-1, *targets_BxhxwxDxK.shape[-2:])
+    ent = -jnp.sum(jnp.where(t > 0, t * jnp.log(jnp.where(t > 0, t, 1.0)), 0.0), axis=-1) / math.log(2.0)
+    return jnp.mean(ent, axis=0), jnp.mean(jnp.max(t, axis=-1), axis=0)
 
 
 def _microbatches(tree: Any, m: int) -> Any:
@@ -208,23 +280,26 @@ def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, text_table: ja
         (loss, (nll, acc_D)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         if param_shardings is not None:
             grads = jax.lax.with_sharding_constraint(grads, param_shardings)
-        return (loss, nll, acc_D), grads
+        return (loss, nll, acc_D, *target_stats(targets)), grads
 
     if m == 1:
-        (loss, nll, acc_D), grads = loss_and_grads(state["params"], batch, r_step)
+        (loss, nll, acc_D, ent_D, pmax_D), grads = loss_and_grads(state["params"], batch, r_step)
     else:
         def body(acc, xs):
             mb, i = xs
             out, g = loss_and_grads(state["params"], mb, jax.random.fold_in(r_step, i))
             return jax.tree.map(lambda a, b: a + b / m, acc, (out, g)), None
 
-        zero_out = (jnp.float32(0), jnp.float32(0), jnp.zeros((int(config.model.code_shape[2]),), jnp.float32))
+        zero_D = jnp.zeros((int(config.model.code_shape[2]),), jnp.float32)
+        zero_out = (jnp.float32(0), jnp.float32(0), zero_D, zero_D, zero_D)
         zeros = (zero_out, jax.tree.map(jnp.zeros_like, state["params"]))
-        ((loss, nll, acc_D), grads), _ = jax.lax.scan(body, zeros, (_microbatches(batch, m), jnp.arange(m)))
+        ((loss, nll, acc_D, ent_D, pmax_D), grads), _ = jax.lax.scan(body, zeros,
+                                                                    (_microbatches(batch, m), jnp.arange(m)))
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics_ = dict(loss=loss, nll=nll, bits_per_code=nll / math.log(2), grad_norm=optax.global_norm(grads))
-    metrics_.update({f"acc_d{d}": acc_D[d] for d in range(acc_D.shape[0])})
+    for d in range(acc_D.shape[0]):
+        metrics_.update({f"acc_d{d}": acc_D[d], f"target_entropy_d{d}": ent_D[d], f"target_p_nearest_d{d}": pmax_D[d]})
     return dict(step=state["step"] + 1, params=params, opt=opt, rng=jax.random.key_data(rng)), metrics_
 
 
@@ -288,6 +363,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     text_table = jax.device_put(jnp.asarray(build_text_table(config, workdir) if config.model.cond == "text"
                                             else np.zeros((1, 1), np.int32)), sharding.replicated(mesh))
 
+    taus, how = resolve_temperature(config, src.features, np.asarray(src.codebook, np.float32), workdir)
+    report_soft_labels(config, taus, how, src.features, np.asarray(src.codebook, np.float32), workdir)
+    with config.ignore_type():  # the numbers go into config.json: a resumed run and the jitted step use them
+        config.soft.temperature_spec = config.soft.temperature if parse_auto(config.soft.temperature) else ""
+        config.soft.temperature = list(taus)
+
     tx, schedule = make_optimizer(tc, total)
     setup = setup_state(config, mesh, tx)
     graph = setup.graph
@@ -322,7 +403,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if step % tc.log_every == 0 or step == total:
                 m = metrics.mean_finite(pending, step, last_saved, ckpt.directory, "lower config.train.lr.")
                 m["lr"] = float(schedule(step))
+                depth = int(config.model.code_shape[2])
                 line = progress.line(step, {k: m[k] for k in ("loss", "bits_per_code", "acc_d0")})
+                line += " | target H " + "/".join(f"{m[f'target_entropy_d{d}']:.2f}" for d in range(depth)) + " bits"
                 if peak and flops is None:
                     flops = metrics.step_flops(step_fn, state, batch, codebook, text_table) or 0.0
                 m["steps_per_sec"] = progress.last_rate

@@ -1,0 +1,98 @@
+"""Stage 2 soft-label temperature: 'auto:<bits>' is solved at start-up, written to config.json, kept on resume;
+near-uniform targets raise a warning; the step logs per-depth target entropy."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from rq_jax.trainers import rq_transformer as t2
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load_config(rel, arg=None):
+    spec = importlib.util.spec_from_file_location(pathlib.Path(rel).stem, REPO / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+def _features_dir(root: pathlib.Path, c, n: int = 16, scale: float = 0.05) -> pathlib.Path:
+    """A feature directory as `rq_jax.extract` writes it, with residuals of a known (small) scale."""
+    (h, w, _), k, n_z = c.model.code_shape, c.model.vocab_size, c.model.embed_dim
+    rng = np.random.default_rng(0)
+    codebook = (rng.normal(size=(k, n_z)) * scale).astype(np.float32)
+    out = root / "features"
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "validation"):
+        np.savez(out / f"{split}.npz", codebook=codebook,
+                 features=(rng.normal(size=(n, h, w, n_z)) * scale).astype(np.float16),
+                 labels=(np.arange(n) % 3).astype(np.int32), captions=np.full((n,), -1, np.int32),
+                 flipped=np.zeros((n,), bool))
+    meta = dict(rqvae_workdir="", rqvae_step=0, code_shape=list(c.model.code_shape), codebook_size=int(k),
+                embed_dim=int(n_z), image_size=32, num_classes=3, class_names=["a", "b", "c"], flips=False,
+                dataset="synthetic")
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+def _config(root, temperature, steps=2):
+    c = load_config("configs/transformer/demo.py", "runlocal")
+    c.data.features_dir = str(_features_dir(root, c))
+    c.rqvae_workdir = ""
+    c.soft.temperature = temperature
+    c.train.update(dict(num_steps=steps, eval_every=steps, sample_every=10**6, checkpoint_every=2))
+    return c
+
+
+def test_auto_temperature_round_trips_through_config_json_and_resume(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "run"
+    t2.train(_config(tmp_path, "auto:1.0"), str(work))
+    saved = json.loads((work / "config.json").read_text())["soft"]
+    assert saved["temperature_spec"] == "auto:1.0" and len(saved["temperature"]) == 4
+    taus = saved["temperature"]
+    record = json.loads((work / "soft_labels.json").read_text())
+    np.testing.assert_allclose(record["entropy_bits"], 1.0, atol=0.05)
+    assert record["temperature"] == taus and "calibrated on" in record["source"]
+    out = capsys.readouterr().out
+    assert "soft labels: tau" in out and "target H " in out  # start-up report and per-depth entropy in the log
+
+    # resuming with the same command must not recalibrate: it takes the numbers from config.json
+    def fail(*a, **k):
+        raise AssertionError("recalibrated on resume")
+
+    monkeypatch.setattr(t2, "calibrate_temperature", fail)
+    t2.train(_config(tmp_path, "auto:1.0", steps=4), str(work))
+    again = json.loads((work / "config.json").read_text())["soft"]
+    assert again["temperature"] == taus and again["temperature_spec"] == "auto:1.0"
+    assert "as calibrated when this run started" in json.loads((work / "soft_labels.json").read_text())["source"]
+
+
+def test_per_depth_numbers_are_used_as_given(tmp_path):
+    c = _config(tmp_path, (0.01, 0.005, 0.002, 0.001))
+    taus, how = t2.resolve_temperature(c, np.zeros((2, 8, 8, 32), np.float16), np.zeros((64, 32), np.float32),
+                                       str(tmp_path))
+    assert taus == (0.01, 0.005, 0.002, 0.001) and how == "as configured"
+    c.soft.temperature = 0.5
+    assert t2.resolve_temperature(c, None, None, str(tmp_path))[0] == (0.5,) * 4
+
+
+def test_near_uniform_targets_warn(tmp_path):
+    c = _config(tmp_path, 0.5)  # residuals of scale 0.05: tau 0.5 makes Q_tau nearly uniform
+    src = np.load(pathlib.Path(c.data.features_dir) / "train.npz")
+    with pytest.warns(t2.SoftLabelWarning, match=r"close to uniform at depth 1, 2, 3, 4"):
+        record = t2.report_soft_labels(c, (0.5,) * 4, "as configured", src["features"], src["codebook"],
+                                       str(tmp_path))
+    assert min(record["entropy_bits"]) > 0.5 * np.log2(64)
+
+
+def test_target_stats():
+    t = np.zeros((2, 1, 1, 2, 4), np.float32)
+    t[..., 0, :] = 0.25  # uniform over 4 codes: 2 bits
+    t[..., 1, 2] = 1.0  # one-hot: 0 bits
+    ent, p = t2.target_stats(t)
+    np.testing.assert_allclose(np.asarray(ent), [2.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(p), [0.25, 1.0])
