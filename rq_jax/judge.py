@@ -302,6 +302,8 @@ def default_judge_path(data_config: Any) -> str:
     if name in ("folder", "tfds"):
         src = os.path.abspath(str(cfg.folder)) if name == "folder" else str(cfg.tfds_name)
         name = f"{name}_{hashlib.sha1(src.encode()).hexdigest()[:8]}"  # a stable cache key per source
+    if name == "emoji" and not cfg.get("skin_tones", True):
+        name += "_no_skin_tones"  # another image set: another judge
     limit = f"_n{int(cfg.limit)}" if cfg.limit is not None else ""
     return os.path.join(_cache_dir(cfg), f"judge_{name}_{int(cfg.image_size)}{limit}_v{int(cfg.val_every)}.npz")
 

@@ -117,7 +117,7 @@ def report_soft_labels(config: ml_collections.ConfigDict, taus: tuple[float, ...
     """Logs tau and the per-depth entropy / nearest-code probability of Q_tau on the training features,
     warns (SoftLabelWarning) when a depth's targets are near uniform, writes `soft_labels.json`."""
     depth, k = int(config.model.code_shape[2]), int(codebook_KxC.shape[0])
-    z = sample_vectors(features, k, max_elements=1 << 23, seed=config.seed)
+    z = sample_vectors(features, k, seed=config.seed)
     stats = q_tau_stats(z, codebook_KxC, depth, taus, stochastic=config.soft.stochastic_codes, seed=config.seed)
     if not config.soft.soft_labels:
         stats["entropy_bits"] = [0.0] * depth  # one-hot targets of the (possibly stochastic) codes

@@ -139,25 +139,40 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(x, y, err_msg=k)
 
 
-def assert_close(a, b, rtol, atol, mean_atol=None):
-    diffs = []
+def assert_close(a, b, rtol, atol, mean_atol=None, outlier_atol=None, max_outliers=0.0):
+    """allclose leaf by leaf; with `outlier_atol`, up to a fraction `max_outliers` of all elements may exceed
+    `atol` (but never `outlier_atol`), and the mean absolute difference must stay under `mean_atol`."""
+    diffs, outliers = [], []
     for x, y, k in pairs(a, b):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=k)
-        diffs.append(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).ravel())
+        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        d = np.abs(x64 - y64).ravel()
+        if outlier_atol is None:
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=k)
+        else:
+            np.testing.assert_allclose(x, y, rtol=0, atol=outlier_atol, err_msg=k)
+            outliers.append(d > atol + rtol * np.abs(y64).ravel())
+        diffs.append(d)
+    if outliers:
+        frac = np.mean(np.concatenate(outliers))
+        assert frac <= max_outliers, f"{frac:.4%} of the elements differ by more than {atol}"
     if mean_atol is not None:
         assert np.mean(np.concatenate(diffs)) < mean_atol
 
 
 def assert_same_training(state, ref, c):
-    """Equal up to the summation order of another mesh / collective (see tests/sharding/test_mesh_equivalence.py:
-    Adam moves a weight whose gradient is ~0 by rounding noise of up to a sizeable part of lr)."""
-    assert int(state["step"]) == int(ref["step"])
+    """Equal up to the summation order of another mesh / collective (see tests/sharding/test_mesh_equivalence.py).
+    Adam moves a weight whose gradient is ~0 by rounding noise: its first update is lr * g / |g|, so the sign of
+    a near-zero g decides between +lr and -lr and a rare weight may differ by up to 2 lr per step. The weights
+    must therefore agree to 0.5 lr except for at most 0.1% of them (which must stay within 2 lr per step), and
+    on average to 0.01 lr."""
+    steps = int(ref["step"])
+    assert int(state["step"]) == steps
     assert_close(state["codebook"], ref["codebook"], rtol=1e-4, atol=1e-5)  # EMA statistics
     assert_close(state["gen_opt"], ref["gen_opt"], rtol=1e-3, atol=1e-5)
     assert_close(state["disc_opt"], ref["disc_opt"], rtol=1e-3, atol=1e-5)
-    assert_close(state["gen"], ref["gen"], rtol=1e-4, atol=0.5 * c.train.lr, mean_atol=0.01 * c.train.lr)
-    lr = c.train.disc_lr
-    assert_close(state["disc"], ref["disc"], rtol=1e-4, atol=0.5 * lr, mean_atol=0.01 * lr)
+    for name, lr in (("gen", c.train.lr), ("disc", c.train.disc_lr)):
+        assert_close(state[name], ref[name], rtol=1e-4, atol=0.5 * lr, mean_atol=0.01 * lr,
+                     outlier_atol=2 * lr * steps, max_outliers=1e-3)
     assert_close(state["disc_stats"], ref["disc_stats"], rtol=1e-4, atol=1e-5)
 
 

@@ -33,6 +33,8 @@ def test_extract_train_and_sample(tiny_stage2_runs):
     tmp, config, scalars = tiny_stage2_runs
     feats = np.load(tmp / "features" / "train.npz")
     assert feats["features"].shape == (64, 16, 16, 32) and feats["flipped"].sum() == 32  # 32 images + flips
+    q_tau = json.loads((tmp / "features" / "meta.json").read_text())["q_tau"]  # the extractor's Q_tau table
+    assert {"tau", "entropy_bits", "p_nearest"} <= set(q_tau["rows"][0]) and len(q_tau["rows"][0]["entropy_bits"]) == 4
     assert np.isfinite(scalars["eval/bits_per_code"]) and (tmp / "transformer" / "images").exists()
     out = tmp / "s1.png"
     main(["--workdir", str(tmp / "transformer"), "--classes", "1,2", "--num", "2", "--seed", "3", "--out", str(out)])
