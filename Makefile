@@ -36,13 +36,15 @@ demo: $(STAMP) font
 	$(BIN)/python -m rq_jax.extract --rqvae $(DEMO_DIR)/rqvae --out $(DEMO_DIR)/features
 	$(BIN)/python -m rq_jax.train --config configs/transformer/demo.py --workdir $(DEMO_DIR)/transformer \
 	  --config.rqvae_workdir=$(DEMO_DIR)/rqvae --config.data.features_dir=$(DEMO_DIR)/features
-	$(BIN)/python -m rq_jax.sample --workdir $(DEMO_DIR)/transformer --num 8 --out $(DEMO_DIR)/samples.png
+	$(BIN)/python -m rq_jax.sample --workdir $(DEMO_DIR)/transformer --classes all --num 16 --out $(DEMO_DIR)/samples.png
 	$(BIN)/python -m rq_jax.evaluate judge --samples $(DEMO_DIR)/samples.npz --data_config configs/rqvae/demo.py
 	@if grep -q '"dataset": "emoji"' $(DEMO_DIR)/features/meta.json; then \
 	  $(BIN)/python -m rq_jax.train --config configs/transformer/demo.py:text --workdir $(DEMO_DIR)/transformer_text \
 	    --config.rqvae_workdir=$(DEMO_DIR)/rqvae --config.data.features_dir=$(DEMO_DIR)/features && \
 	  $(BIN)/python -m rq_jax.sample --workdir $(DEMO_DIR)/transformer_text --num 8 --out $(DEMO_DIR)/samples_text.png \
-	    --prompt "red apple" --prompt "police car" --prompt "grinning face" --prompt "sun"; \
+	    --prompt "red apple" --prompt "police car" --prompt "grinning face" --prompt "dog face" && \
+	  $(BIN)/python -m rq_jax.evaluate judge --samples $(DEMO_DIR)/samples_text.npz --data_config configs/rqvae/demo.py \
+	    --classes 3,4,0,2; \
 	else echo "text-conditional demo skipped: the digits have no names to prompt with"; fi
 
 clean:

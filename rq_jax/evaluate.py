@@ -467,7 +467,8 @@ def _run_judge(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"The samples file {args.samples!r} does not exist; write one with "
                                 "`python -m rq_jax.sample --workdir STAGE2 --classes ... --out s.png`.")
     result = judge.judge_samples(args.samples, judge.data_config_from_file(args.data_config),
-                                 judge_path=args.judge, train_steps=args.steps, seed=args.seed)
+                                 judge_path=args.judge, train_steps=args.steps, seed=args.seed,
+                                 requested_classes=[int(c) for c in args.classes.split(",")] if args.classes else None)
     print(judge.format_judge_report(result))
     out = args.out or os.path.splitext(args.samples)[0] + "_judge.json"
     _write_json(out, result)
@@ -525,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: judge_<dataset>_<size>....npz in the embedded-data cache folder)")
     j.add_argument("--steps", type=int, default=1200, help="training steps of a new judge")
     j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--classes", default="", help="comma-separated class ids, one per grid row, instead of the "
+                   "samples' own classes (e.g. the classes of text prompts' emoji)")
     j.add_argument("--out", default=None, help="JSON output (default: <samples>_judge.json)")
     j.set_defaults(run=_run_judge)
     return parser

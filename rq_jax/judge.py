@@ -319,8 +319,12 @@ def judge_samples(
     train_steps: int = 1200,
     seed: int = 0,
     max_images: int | None = 50_000,
+    requested_classes: list[int] | None = None,
 ) -> dict[str, Any]:
     """Conditional accuracy and demo FID of a sample `.npz` (`images` uint8 [N, H, W, 3], `cond` int [N]).
+
+    `requested_classes` (one class id per grid row, rows of equal size) replaces `cond`: how text-conditional
+    samples are judged, e.g. the rows of "red apple" and "police car" as food & drink and travel & places.
 
     The judge at `judge_path` (default: `default_judge_path`) is trained there first when missing. The
     FID floor, real validation vs training features, is given at the validation split's size and, when
@@ -344,6 +348,12 @@ def judge_samples(
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or images.shape[0] < 2:
         raise ValueError(f"{samples_path!r}: 'images' must be uint8 [N >= 2, H, W, 3], got {images.dtype} "
                          f"{images.shape}.")
+    if requested_classes:
+        rows = len(requested_classes)
+        if images.shape[0] % rows:
+            raise ValueError(f"{samples_path!r} holds {images.shape[0]} images, which do not split into "
+                             f"{rows} equal rows, one per requested class.")
+        cond = np.repeat(np.asarray(requested_classes, np.int64), images.shape[0] // rows)
     if cond.shape != (images.shape[0],):
         raise ValueError(f"{samples_path!r}: 'cond' must hold one requested class per image ({images.shape[0]}), "
                          f"got shape {cond.shape}; unconditional samples cannot be judged for class accuracy.")

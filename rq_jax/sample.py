@@ -9,6 +9,7 @@ images. Top-k / top-p / temperature take one value or one per depth ("512,256,12
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import jax
@@ -18,6 +19,16 @@ import numpy as np
 from rq_jax import metrics
 from rq_jax.data.transforms import to_uint8
 from rq_jax.sampling import SamplingConfig, parse_per_depth, sample_codes
+
+
+def data_num_classes(config, default: int) -> int:
+    """The number of classes of the run's feature set (its meta.json), which may be fewer than the model's
+    class ids (the demo's model has 10, for the digits; the emoji have 9); `default` when it is not there."""
+    path = os.path.join(str(config.data.get("features_dir", "")), "meta.json")
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return min(int(json.load(f).get("num_classes", default)), default)
 
 
 def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -30,7 +41,10 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
     if model.cond_kind == "class":
         if args.prompt:
             raise ValueError("This model is class-conditional: give --classes instead of --prompt.")
-        classes = [int(c) for c in args.classes.split(",")] if args.classes else list(range(min(num_classes, 8)))
+        if args.classes == "all":
+            classes = list(range(data_num_classes(config, num_classes)))
+        else:
+            classes = [int(c) for c in args.classes.split(",")] if args.classes else list(range(min(num_classes, 8)))
         bad = [c for c in classes if not 0 <= c < num_classes]
         if bad:
             raise ValueError(f"Class ids {bad} are out of range: this model has classes 0..{num_classes - 1}.")
@@ -73,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", required=True, help="the stage-2 (rq_transformer) training run")
     p.add_argument("--rqvae", default=None, help="the stage-1 run (default: the one in the stage-2 config)")
     p.add_argument("--step", type=int, default=None)
-    p.add_argument("--classes", default="", help="comma-separated class ids, one grid row each")
+    p.add_argument("--classes", default="", help="comma-separated class ids, one grid row each, or 'all' (every "
+                   "class of the run's feature set); default: the first 8")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable), text models")
     p.add_argument("--num", type=int, default=8, help="samples per class")
     p.add_argument("--top_k", default=None)

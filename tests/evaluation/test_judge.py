@@ -93,3 +93,21 @@ def test_judge_cli_missing_samples_is_one_sentence(digits, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "nope.npz" in err and "does not exist" in err and "\n" not in err
+
+
+def test_judge_cli_classes_per_row_judge_text_samples(digits, capsys):
+    """Text samples carry token ids as `cond`: --classes gives one requested class per grid row instead."""
+    x_val, y_val, _ = judge.load_split(digits["data"], "validation")
+    rows = [np.flatnonzero(y_val == c)[:2] for c in (3, 7)]  # two rows ("digit three", "digit seven") of 2
+    images = to_uint8(x_val[np.concatenate(rows)])
+    samples = digits["root"] / "text.npz"
+    np.savez(samples, images=images, cond=np.ones((4, 16), np.int32))  # token ids, as rq_jax.sample writes
+    out = digits["root"] / "text.json"
+    args = ["judge", "--samples", str(samples), "--data_config", digits["config_py"], "--judge", digits["judge_path"]]
+    evaluate.main(args + ["--classes", "3,7", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [v["class"] for v in result["per_class"].values()] == [3, 7] and result["num_samples"] == 4
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate.main(args + ["--classes", "3,7,1"])  # 4 images do not split into 3 rows
+    assert "do not split into 3 equal rows" in capsys.readouterr().err

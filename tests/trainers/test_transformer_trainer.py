@@ -44,6 +44,9 @@ def test_extract_train_and_sample(tiny_stage2_runs):
     assert a["codes"].shape == (4, 16, 16, 4) and a["images"].shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(a["images"], b["images"])  # same seed, same images
     assert out.exists()
+    meta = json.loads((tmp / "features" / "meta.json").read_text())
+    main(["--workdir", str(tmp / "transformer"), "--classes", "all", "--num", "1", "--out", str(tmp / "all.png")])
+    np.testing.assert_array_equal(np.load(tmp / "all.npz")["cond"], np.arange(meta["num_classes"]))  # the data's
 
 
 @pytest.mark.slow
