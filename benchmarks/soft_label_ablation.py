@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"--config.rqvae_workdir={args.rqvae}", f"--config.data.features_dir={args.features}",
                  *setting_overrides(setting), *args.extra]
         row = dict(setting=setting, **parse_train_log(run(train, os.path.join(args.out, f"{name}_train.log"))))
+        if setting == "onehot":
+            row["tau"] = "- (argmin codes)"  # tau plays no part
         with open(os.path.join(args.features, "meta.json")) as f:
             num_classes = int(json.load(f)["num_classes"])  # the data's classes (the model may have spare ids)
         samples = os.path.join(workdir, "samples.png")
