@@ -156,8 +156,9 @@ def uniform_targets_warning(entropy_bits: list[float], codebook_size: int) -> st
         return None
     ents = ", ".join(f"{h:.2f}" for h in entropy_bits)
     return (f"soft-label targets are close to uniform at depth {', '.join(map(str, bad))} (entropy {ents} bits per "
-            f"depth, over half of log2 K = {2 * half:.2f}): the model will learn to draw noise there; lower "
-            "config.soft.temperature, give one per depth, or set it to 'auto:1.0'.")
+            f"depth, over half of log2 K = {2 * half:.2f}): the codes drawn there are nearly random, so the model "
+            "learns little about them; if the samples lack detail, lower config.soft.temperature, give one per "
+            "depth, or set it to 'auto:1.0' (README, 'Soft labels').")
 
 
 def sample_vectors(z: np.ndarray, codebook_size: int, *, max_elements: int = 1 << 23, seed: int = 0) -> np.ndarray:
