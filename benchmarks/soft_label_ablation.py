@@ -34,9 +34,8 @@ def setting_overrides(setting: str) -> list[str]:
     """Command-line overrides of the stage-2 config for one ablation setting."""
     if setting == "onehot":
         return ["--config.soft.soft_labels=False", "--config.soft.stochastic_codes=False"]
-    if setting.startswith("auto:"):
-        return [f"--config.soft.temperature={setting}"]
-    float(setting)  # a plain tau: fails here, with the setting in the message, when it is not a number
+    if not setting.startswith("auto:"):
+        float(setting)  # a plain tau: fails here, with the setting in the message, when it is not a number
     return [f"--config.soft.temperature={setting}"]
 
 
@@ -94,11 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         row = dict(setting=setting, **parse_train_log(run(train, os.path.join(args.out, f"{name}_train.log"))))
         if setting == "onehot":
             row["tau"] = "- (argmin codes)"  # tau plays no part
-        with open(os.path.join(args.features, "meta.json")) as f:
-            num_classes = int(json.load(f)["num_classes"])  # the data's classes (the model may have spare ids)
         samples = os.path.join(workdir, "samples.png")
-        classes = ",".join(str(c) for c in range(num_classes))
-        run([sys.executable, "-m", "rq_jax.sample", f"--workdir={workdir}", f"--classes={classes}",
+        run([sys.executable, "-m", "rq_jax.sample", f"--workdir={workdir}", "--classes=all",
              f"--num={args.num}", f"--out={samples}"], os.path.join(args.out, f"{name}_sample.log"))
         judge_json = os.path.join(workdir, "judge.json")
         run([sys.executable, "-m", "rq_jax.evaluate", "judge", f"--samples={samples[:-4]}.npz",

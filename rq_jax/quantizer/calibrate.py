@@ -104,7 +104,7 @@ def _bisect_log_tau(dist_NxK: jax.Array, target_bits: jax.Array, iters: int) -> 
     scale = jnp.mean(jnp.max(gap, axis=-1))  # the spread of distances sets the tau scale
     log_scale = jnp.log(jnp.where(scale > 0, scale, 1.0))
 
-    def entropy_bits(log_tau):
+    def entropy_bits(log_tau):  # _entropy_and_p_nearest on `gap` without its min and p: half the time
         logp = jax.nn.log_softmax(-gap / jnp.exp(log_tau), axis=-1)
         return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1)) / math.log(2.0)
 

@@ -33,7 +33,8 @@ def test_extract_train_and_sample(tiny_stage2_runs):
     tmp, config, scalars = tiny_stage2_runs
     feats = np.load(tmp / "features" / "train.npz")
     assert feats["features"].shape == (64, 16, 16, 32) and feats["flipped"].sum() == 32  # 32 images + flips
-    q_tau = json.loads((tmp / "features" / "meta.json").read_text())["q_tau"]  # the extractor's Q_tau table
+    meta = json.loads((tmp / "features" / "meta.json").read_text())
+    q_tau = meta["q_tau"]  # the extractor's Q_tau table
     assert {"tau", "entropy_bits", "p_nearest"} <= set(q_tau["rows"][0]) and len(q_tau["rows"][0]["entropy_bits"]) == 4
     assert np.isfinite(scalars["eval/bits_per_code"]) and (tmp / "transformer" / "images").exists()
     out = tmp / "s1.png"
@@ -44,7 +45,6 @@ def test_extract_train_and_sample(tiny_stage2_runs):
     assert a["codes"].shape == (4, 16, 16, 4) and a["images"].shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(a["images"], b["images"])  # same seed, same images
     assert out.exists()
-    meta = json.loads((tmp / "features" / "meta.json").read_text())
     main(["--workdir", str(tmp / "transformer"), "--classes", "all", "--num", "1", "--out", str(tmp / "all.png")])
     np.testing.assert_array_equal(np.load(tmp / "all.npz")["cond"], np.arange(meta["num_classes"]))  # the data's
 
