@@ -7,14 +7,22 @@ Three implementations return the same indices (ties to the lowest index):
 "auto" picks the Pallas kernel of the default backend (GPU/TPU) and the reference elsewhere;
 "pallas" picks the Pallas kernel of the default backend. None of them builds the N x K matrix
 (the reference holds one N x block_k tile at a time).
+
+Under a mesh (`jax.set_mesh`) whose data-parallel axes ("data", "fsdp") split the rows, the search runs
+per shard (`jax.shard_map` over those axes, the codebook replicated): XLA cannot partition a
+`pallas_call`, and without this every device would gather the whole batch and repeat the search.
+Each shard draws the Gumbel noise of its global rows, so the result equals the unsharded search.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from rq_jax.kernels.nearest_code.reference import (
     default_block_k,
@@ -24,6 +32,7 @@ from rq_jax.kernels.nearest_code.reference import (
 )
 
 IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
+ROW_AXES = ("data", "fsdp")  # the mesh axes that split a batch (rq_jax.sharding.BATCH_AXES)
 
 __all__ = [
     "IMPLS",
@@ -33,6 +42,7 @@ __all__ = [
     "nearest_code",
     "nearest_code_reference",
     "resolve_impl",
+    "row_shard_axes",
 ]
 
 
@@ -100,22 +110,60 @@ def nearest_code(
 
     lead = z.shape[:-1]
     z_NxC = z.reshape(-1, z.shape[-1])
-    kwargs = dict(gumbel_seed=gumbel_seed, temperature=temperature)
-    if impl == "xla":
-        idx_N, dist_N = nearest_code_reference(z_NxC, codebook_KxC, block_k=block_k, **kwargs)
-    elif impl == "pallas_gpu":
-        from rq_jax.kernels.nearest_code import pallas_gpu
-
-        idx_N, dist_N = pallas_gpu.nearest_code_gpu(
-            z_NxC, codebook_KxC, config=block_config, interpret=interpret, **kwargs
-        )
+    search = functools.partial(_search, impl=impl, block_k=block_k, block_config=block_config, interpret=interpret,
+                               temperature=temperature)
+    seed = None if gumbel_seed is None else jnp.asarray(gumbel_seed, jnp.uint32)
+    axes = row_shard_axes(z_NxC.shape[0])
+    if axes:
+        idx_N, dist_N = _search_per_shard(search, z_NxC, codebook_KxC, seed, axes)
     else:
-        from rq_jax.kernels.nearest_code import pallas_tpu
-
-        idx_N, dist_N = pallas_tpu.nearest_code_tpu(
-            z_NxC, codebook_KxC, config=block_config, interpret=interpret, **kwargs
-        )
+        idx_N, dist_N = search(z_NxC, codebook_KxC, seed, 0)
     idx = idx_N.reshape(lead).astype(jnp.int32)
     if return_distance:
         return idx, dist_N.reshape(lead)
     return idx
+
+
+def row_shard_axes(n: int) -> tuple[str, ...]:
+    """The axes of the current mesh (`jax.set_mesh`) over which `n` rows are searched per shard.
+
+    The data-parallel axes (ROW_AXES) of size > 1 that are not already manual (inside a shard_map) and
+    whose sizes divide `n`; () outside a mesh, or when nothing divides: then the search is global.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return ()
+    manual = set(mesh.manual_axes)
+    axes: list[str] = []
+    for a in ROW_AXES:
+        size = dict(mesh.shape).get(a, 1)
+        if size > 1 and a not in manual and n % (size * math.prod(mesh.shape[b] for b in axes)) == 0:
+            axes.append(a)
+    return tuple(axes)
+
+
+def _search_per_shard(search, z_NxC, codebook_KxC, seed, axes):
+    """`search` on each shard's rows (z split over `axes`, codebook replicated), noise by global row."""
+
+    def local(z_nxC, e_KxC, *seed_arg):
+        offset = jax.lax.axis_index(axes) * z_nxC.shape[0]
+        return search(z_nxC, e_KxC, seed_arg[0] if seed_arg else None, offset)
+
+    args = (z_NxC, codebook_KxC) + (() if seed is None else (seed,))
+    specs = (P(axes), P()) + (() if seed is None else (P(),))
+    return jax.shard_map(local, in_specs=specs, out_specs=(P(axes), P(axes)), axis_names=set(axes),
+                         check_vma=False)(*args)
+
+
+def _search(z_NxC, codebook_KxC, seed, row_offset, *, impl, block_k, block_config, interpret, temperature):
+    """(indices [N], distances [N]) of one implementation; Gumbel noise of rows row_offset + [0, N)."""
+    kwargs = dict(gumbel_seed=seed, temperature=temperature, row_offset=row_offset)
+    if impl == "xla":
+        return nearest_code_reference(z_NxC, codebook_KxC, block_k=block_k, **kwargs)
+    if impl == "pallas_gpu":
+        from rq_jax.kernels.nearest_code import pallas_gpu
+
+        return pallas_gpu.nearest_code_gpu(z_NxC, codebook_KxC, config=block_config, interpret=interpret, **kwargs)
+    from rq_jax.kernels.nearest_code import pallas_tpu
+
+    return pallas_tpu.nearest_code_tpu(z_NxC, codebook_KxC, config=block_config, interpret=interpret, **kwargs)

@@ -90,11 +90,11 @@ def _kernel(
     """One program: rows [i * block_n, (i + 1) * block_n) against the whole (padded) codebook."""
     if gumbel:
         seed_ref, z_ref, z_sq_ref, e_ref, e_sq_ref, idx_ref, dist_ref = refs
-        seed = seed_ref[0]
+        seed, row0 = seed_ref[0], seed_ref[1].astype(jnp.int32)  # (seed, global index of row 0)
     else:
         z_ref, z_sq_ref, e_ref, e_sq_ref, idx_ref, dist_ref = refs
-        seed = None
-    row0 = pl.program_id(0) * block_n
+        seed, row0 = None, 0
+    row0 = row0 + pl.program_id(0) * block_n
     z_BxC = z_ref[...]
     z_sq_B = z_sq_ref[...]
     rows_Bx1 = (row0 + jnp.arange(block_n, dtype=jnp.int32))[:, None]
@@ -142,6 +142,7 @@ def _nearest_code_gpu(
     z_NxC: jax.Array,
     codebook_KxC: jax.Array,
     gumbel_seed: jax.Array | None,
+    row_offset: jax.Array,
     *,
     config: GpuBlockConfig,
     interpret: bool,
@@ -181,8 +182,8 @@ def _nearest_code_gpu(
     ]
     args = [z_pad, z_sq_N, e_pad, e_sq_K]
     if gumbel:
-        in_specs.insert(0, pl.BlockSpec((1,), lambda i: (0,)))
-        args.insert(0, jnp.reshape(gumbel_seed, (1,)))
+        in_specs.insert(0, pl.BlockSpec((2,), lambda i: (0,)))
+        args.insert(0, jnp.stack([jnp.reshape(gumbel_seed, ()), jnp.asarray(row_offset, jnp.uint32)]))
     idx_N, dist_N = pl.pallas_call(
         kernel,
         grid=(n_pad // block_n,),
@@ -210,11 +211,13 @@ def nearest_code_gpu(
     interpret: bool = False,
     gumbel_seed: jax.Array | int | None = None,
     temperature: float = 1.0,
+    row_offset: jax.Array | int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (indices [N] int32, squared distances [N] float32): the reference's indices (ties to the
     lowest index) and its distances up to the summation order of the dot.
 
-    `temperature` must be a Python number (it is baked into the kernel); `gumbel_seed` may be traced.
+    `temperature` must be a Python number (it is baked into the kernel); `gumbel_seed` and `row_offset`
+    (the global index of row 0 for the Gumbel noise) may be traced.
     """
     if z_NxC.ndim != 2 or codebook_KxC.ndim != 2 or z_NxC.shape[1] != codebook_KxC.shape[1]:
         raise ValueError(
@@ -227,6 +230,7 @@ def nearest_code_gpu(
         z_NxC,
         codebook_KxC,
         seed,
+        jnp.asarray(row_offset, jnp.int32),
         config=config,
         interpret=interpret,
         temperature=float(temperature),

@@ -94,7 +94,7 @@ def _kernel(
     dist_BxT = (z_sq_ref[...] + e_sq_1xT) - 2.0 * dot_BxT
     local_1xT = lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
     if gumbel:
-        rows_Bx1 = i * block_n + lax.broadcasted_iota(jnp.int32, (block_n, 1), 0)
+        rows_Bx1 = seed_ref[1] + i * block_n + lax.broadcasted_iota(jnp.int32, (block_n, 1), 0)
         cols_1xT = j * block_k + local_1xT
         u_BxT = hash_uniform(seed_ref[0], rows_Bx1, cols_1xT)
         score_BxT = dist_BxT * jnp.float32(inv_tau) - gumbel_from_uniform(u_BxT)
@@ -125,6 +125,7 @@ def _nearest_code_tpu(
     z_NxC: jax.Array,
     codebook_KxC: jax.Array,
     gumbel_seed: jax.Array | None,
+    row_offset: jax.Array,
     *,
     config: TpuBlockConfig,
     interpret: bool,
@@ -163,9 +164,10 @@ def _nearest_code_tpu(
     ]
     args = [z_pad, z_sq_Nx1, e_pad, e_sq_1xK]
     if gumbel:
-        # Mosaic has no unsigned scalars in SMEM: carry the seed's bits as int32.
+        # Mosaic has no unsigned scalars in SMEM: carry the seed's bits as int32, then the global row 0.
         in_specs.insert(0, pl.BlockSpec(memory_space=pltpu.SMEM))
-        args.insert(0, lax.bitcast_convert_type(jnp.reshape(gumbel_seed, (1,)), jnp.int32))
+        seed_bits = lax.bitcast_convert_type(jnp.reshape(gumbel_seed, ()), jnp.int32)
+        args.insert(0, jnp.stack([seed_bits, jnp.asarray(row_offset, jnp.int32)]))
     out_spec = pl.BlockSpec((block_n, 1), lambda i, j: (i, 0))  # resident along j: the running state
     idx_Nx1, dist_Nx1 = pl.pallas_call(
         kernel,
@@ -195,11 +197,13 @@ def nearest_code_tpu(
     interpret: bool = False,
     gumbel_seed: jax.Array | int | None = None,
     temperature: float = 1.0,
+    row_offset: jax.Array | int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (indices [N] int32, squared distances [N] float32): the reference's indices (ties to the
     lowest index) and its distances up to the summation order of the dot.
 
-    `temperature` must be a Python number (it is baked into the kernel); `gumbel_seed` may be traced.
+    `temperature` must be a Python number (it is baked into the kernel); `gumbel_seed` and `row_offset`
+    (the global index of row 0 for the Gumbel noise) may be traced.
     """
     if z_NxC.ndim != 2 or codebook_KxC.ndim != 2 or z_NxC.shape[1] != codebook_KxC.shape[1]:
         raise ValueError(
@@ -210,6 +214,7 @@ def nearest_code_tpu(
         z_NxC,
         codebook_KxC,
         seed,
+        jnp.asarray(row_offset, jnp.int32),
         config=TpuBlockConfig() if config is None else config,
         interpret=interpret,
         temperature=float(temperature),

@@ -53,8 +53,13 @@ def nearest_code_reference(
     block_k: int | None = None,
     gumbel_seed: jax.Array | int | None = None,
     temperature: float = 1.0,
+    row_offset: jax.Array | int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (indices [N] int32, squared distance to the chosen code [N] float32)."""
+    """Returns (indices [N] int32, squared distance to the chosen code [N] float32).
+
+    `row_offset` is the global index of row 0 for the Gumbel noise (a shard of a larger batch draws the
+    noise of its own rows, so a sharded search equals the unsharded one).
+    """
     n, c = z_NxC.shape
     k = codebook_KxC.shape[0]
     block_k = default_block_k(n, k) if block_k is None else int(min(block_k, k))
@@ -70,7 +75,7 @@ def nearest_code_reference(
     e_sq_K = jnp.pad(e_sq_K, (0, k_pad - k), constant_values=jnp.inf)
     e_blocks = e.reshape(num_blocks, block_k, c)
     e_sq_blocks = e_sq_K.reshape(num_blocks, block_k)
-    rows = jnp.arange(n, dtype=jnp.int32)[:, None]
+    rows = (jnp.arange(n, dtype=jnp.int32) + jnp.asarray(row_offset, jnp.int32))[:, None]
     seed = None if gumbel_seed is None else jnp.asarray(gumbel_seed, jnp.uint32)
     inv_tau = jnp.float32(1.0 / temperature)
 
