@@ -29,16 +29,19 @@ from rq_jax.quantizer.residual import (
     straight_through,
 )
 from rq_jax.quantizer.soft import (
+    gumbel_codes,
     per_depth_temperature,
+    rq_residual_codes,
     rq_soft_codes,
-    sample_codes,
     soft_labels,
     squared_distances,
 )
+from rq_jax.quantizer.soft_ce import SoftCE, one_hot_cross_entropy, soft_label_cross_entropy
 
 __all__ = [
     "CodebookState",
     "RQOutput",
+    "SoftCE",
     "calibrate_temperature",
     "cluster_statistics",
     "codebook_usage",
@@ -47,7 +50,9 @@ __all__ = [
     "ema_dead_codes",
     "ema_update",
     "embedding_from_ema",
+    "gumbel_codes",
     "init_codebook",
+    "one_hot_cross_entropy",
     "parse_auto",
     "per_depth_temperature",
     "q_tau_stats",
@@ -57,9 +62,10 @@ __all__ = [
     "rq_encode",
     "rq_quantize",
     "rq_quantize_train",
+    "rq_residual_codes",
     "rq_soft_codes",
-    "sample_codes",
     "sample_vectors",
+    "soft_label_cross_entropy",
     "soft_labels",
     "squared_distances",
     "straight_through",

@@ -6,7 +6,7 @@
 depth (the stage-2 training target) and the codes: the argmin (deterministic) or a draw from Q_tau
 (stochastic sampling). As tau -> 0 the draw becomes the argmin exactly (the logits are shifted by
 the minimum distance, so they stay finite and the gap between codes grows as 1/tau).
-`sample_codes` draws the same distribution without materialising N x K, through the nearest-code
+`gumbel_codes` draws the same distribution without materialising N x K, through the nearest-code
 kernel's Gumbel-max variant (for large-scale code extraction).
 
 tau is one number or one number per depth: residuals shrink with depth, so one tau that gives
@@ -84,6 +84,28 @@ def rq_soft_codes(
     Q_tau at every depth (needs `rng`); `temperature` is one tau or one per depth. Gradients are
     stopped (these are training targets).
     """
+    softs, codes, _ = _walk_depths(z, codebook_KxC, depth, temperature, stochastic, rng, keep_soft=True)
+    return softs, codes
+
+
+def rq_residual_codes(
+    z: jax.Array,
+    codebook_KxC: jax.Array,
+    depth: int,
+    temperature: Temperature,
+    *,
+    stochastic: bool = False,
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Codes [..., D] (the same draws as `rq_soft_codes` for the same key) and the residual each was drawn
+    from [..., D, C]: with the codebook and tau they define the soft labels, which
+    `rq_jax.quantizer.soft_ce.soft_label_cross_entropy` uses without materialising [..., D, K]."""
+    _, codes, residuals = _walk_depths(z, codebook_KxC, depth, temperature, stochastic, rng, keep_soft=False)
+    return codes, residuals
+
+
+def _walk_depths(z, codebook_KxC, depth, temperature, stochastic, rng, *, keep_soft: bool):
+    """(soft labels [..., D, K] or None, codes [..., D], residuals [..., D, C]) depth by depth."""
     check_inputs(z, codebook_KxC, depth)
     taus = per_depth_temperature(temperature, depth)
     if stochastic and rng is None:
@@ -91,21 +113,24 @@ def rq_soft_codes(
     emb = jax.lax.stop_gradient(codebook_KxC).astype(jnp.float32)
     residual = jax.lax.stop_gradient(z).astype(jnp.float32)
     rngs = jax.random.split(rng, depth) if stochastic else [None] * depth
-    softs, codes = [], []
+    softs, codes, residuals = [], [], []
     for d in range(depth):
+        residuals.append(residual)
         dist = squared_distances(residual, emb)
         logits = -(dist - jnp.min(dist, axis=-1, keepdims=True)) / taus[d]
-        softs.append(jax.nn.softmax(logits, axis=-1))
+        if keep_soft:
+            softs.append(jax.nn.softmax(logits, axis=-1))
         if stochastic:
             idx = jax.random.categorical(rngs[d], logits, axis=-1).astype(jnp.int32)
         else:
             idx = jnp.argmin(dist, axis=-1).astype(jnp.int32)
         residual = residual - jnp.take(emb, idx, axis=0)
         codes.append(idx)
-    return jnp.stack(softs, axis=-2), jnp.stack(codes, axis=-1)
+    soft = jnp.stack(softs, axis=-2) if keep_soft else None
+    return soft, jnp.stack(codes, axis=-1), jnp.stack(residuals, axis=-2)
 
 
-def sample_codes(
+def gumbel_codes(
     z: jax.Array,
     codebook_KxC: jax.Array,
     depth: int,

@@ -66,7 +66,7 @@ def test_per_depth_temperature_in_soft_codes():
         r = r - e[np.asarray(codes[:, d])]
     one = q.rq_soft_codes(jnp.asarray(z), jnp.asarray(e), 3, 0.3)[0]
     np.testing.assert_allclose(np.asarray(one), np.asarray(q.rq_soft_codes(z, e, 3, (0.3,) * 3)[0]))
-    sto = q.sample_codes(jnp.asarray(z), jnp.asarray(e), 3, (1e-7, 1e-7, 1e-7), 3)
+    sto = q.gumbel_codes(jnp.asarray(z), jnp.asarray(e), 3, (1e-7, 1e-7, 1e-7), 3)
     np.testing.assert_array_equal(np.asarray(sto), np.asarray(codes))
 
 

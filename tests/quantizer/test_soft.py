@@ -24,7 +24,7 @@ def test_tiny_temperature_gives_the_deterministic_codes_exactly():
     det = q.rq_quantize(z, e, 4).codes
     _, sto = q.rq_soft_codes(z, e, 4, 1e-7, stochastic=True, rng=jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(sto), np.asarray(det))
-    np.testing.assert_array_equal(np.asarray(q.sample_codes(z, e, 4, 1e-7, 5)), np.asarray(det))
+    np.testing.assert_array_equal(np.asarray(q.gumbel_codes(z, e, 4, 1e-7, 5)), np.asarray(det))
 
 
 def test_stochastic_codes_follow_q_tau():
@@ -36,5 +36,5 @@ def test_stochastic_codes_follow_q_tau():
     d = np.array([0.16, 0.36, 6.76])
     p = np.exp(-d / tau) / np.exp(-d / tau).sum()
     np.testing.assert_allclose(freq, p, atol=0.015)
-    freq_k = np.bincount(np.asarray(q.sample_codes(z, e, 1, tau, 11))[:, 0], minlength=3) / 20000
+    freq_k = np.bincount(np.asarray(q.gumbel_codes(z, e, 1, tau, 11))[:, 0], minlength=3) / 20000
     np.testing.assert_allclose(freq_k, p, atol=0.015)
