@@ -1,0 +1,66 @@
+"""What every command line (`train`, `extract`, `sample`, `evaluate`, `convert`) does with errors.
+
+A user's mistake (a missing file, a bad flag value, a checkpoint of another model, a diverged run) prints
+one line `error: ...` on stderr and exits 1 (2 for usage errors, 130 for Ctrl-C), without a traceback:
+the messages already name the problem and the fix. `--debug` or `RQ_JAX_DEBUG=1` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+DEBUG_ENV = "RQ_JAX_DEBUG"
+
+
+class UsageError(ValueError):
+    """A command-line argument is invalid (exit code 2)."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from rq_jax.checkpoints import CheckpointError
+    from rq_jax.metrics import TrainingDiverged
+    from rq_jax.workdir_lock import WorkdirInUse
+
+    return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError,
+            CheckpointError, TrainingDiverged, WorkdirInUse)
+
+
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (its first non-empty line; the type when it has no message)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def exit_code(error: BaseException) -> int:
+    return 2 if isinstance(error, UsageError) else 130 if isinstance(error, KeyboardInterrupt) else 1
+
+
+def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
+    """Runs `main(argv)` (argv without the program name, `--debug` removed) and exits with its code.
+
+    User errors become one stderr line and exit code 1/2; Ctrl-C exits 130; anything else (a bug) keeps
+    its traceback. With `--debug` / RQ_JAX_DEBUG=1 every error keeps its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted (Ctrl-C).", file=sys.stderr)
+        sys.exit(130)
+    except _user_error_types() as e:
+        if debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(exit_code(e))
+    sys.exit(int(code or 0))
