@@ -228,21 +228,28 @@ def fill_abstract(abstract_state: Any, saved: Any, where: str) -> Any:
 
 
 class PreemptionGuard:
-    """Turns SIGTERM (and SIGINT) into a flag the training loop polls: save, then exit cleanly.
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the training loop polls: save, then exit cleanly.
 
-    On multi-host runs, `should_stop(step)` also consults JAX's preemption sync point so every
-    host stops at the same step.
+    A second SIGINT while the first is being handled raises KeyboardInterrupt at once (the user insists).
+    `received` is the first signal's number (None until one arrives), so the loop can exit 130 after a
+    Ctrl-C and 0 after a preemption. On multi-host runs, `should_stop(step)` also consults JAX's preemption
+    sync point so every host stops at the same step.
     """
 
-    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,)):
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)):
         self._event = threading.Event()
         self._previous = {}
+        self.received: int | None = None
         if threading.current_thread() is threading.main_thread():
             for s in signals:
                 self._previous[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):  # noqa: ARG002
-        logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+        if self._event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        what = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
+        logging.warning("Received %s: saving a checkpoint and stopping (Ctrl-C again to stop at once).", what)
         self._event.set()
 
     def should_stop(self, step: int) -> bool:

@@ -132,3 +132,15 @@ def test_preemption_guard_turns_sigterm_into_a_flag():
     finally:
         guard.restore()
     assert signal.getsignal(signal.SIGTERM) is not guard._handle
+
+
+def test_preemption_guard_ctrl_c_sets_the_flag_and_a_second_one_interrupts():
+    guard = checkpoints.PreemptionGuard()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.should_stop(3) and guard.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        guard.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
