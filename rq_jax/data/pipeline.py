@@ -247,6 +247,29 @@ def _is_valid(record: dict[str, Any] | None) -> bool:
     return record is not None
 
 
+# How many images of a host's share are tried for one readable image before the source is given up.
+PROBE_LIMIT = 256
+
+
+def check_readable(ds: grain.MapDataset, preprocess: _Preprocess, description: str, split: str) -> None:
+    """Raises one ValueError when none of the first PROBE_LIMIT images decodes (stops at the first that does).
+
+    A training split is repeated and filtered for readable images: without this check a source where
+    nothing decodes would spin forever, skipping, instead of failing.
+    """
+    tried = min(len(ds), PROBE_LIMIT)
+    for i in range(tried):
+        if preprocess(ds[i]) is not None:
+            return
+    examples = "; ".join(f"{k} ({v})" for k, v in list(preprocess.counter.skipped.items())[:2])
+    scope = "any" if tried == len(ds) else f"the first {tried}"
+    raise ValueError(
+        f"None of {scope} of the {len(ds)} images of the {split} split of {description} could be read "
+        f"({preprocess.counter.count} unreadable, e.g. {examples}); check the files or point the config at "
+        "another folder."
+    )
+
+
 def _host(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
         import jax
@@ -295,6 +318,7 @@ def build_image_dataset(
 
     ds = ds[process_index::process_count]  # each host reads a disjoint stride of the split
     num_local = len(ds)
+    check_readable(ds, preprocess, meta.description, split)
     ds = ds.seed(int(seed) % 2**32)
     if shuffle:
         ds = ds.shuffle()  # reshuffled every epoch by the repeat below
@@ -406,4 +430,10 @@ def eval_batches(
         if len(batches) == wanted:
             break
         batches.append(batch)
+    if not batches:
+        raise ValueError(
+            f"The {info.split} split of {info.description} has {info.num_examples} examples but only "
+            f"{info.num_examples - info.skipped.count} readable ({info.skipped.count} unreadable): too few for one "
+            f"batch of {batch_size} per host; add images or lower the evaluation batch size."
+        )
     return batches, info

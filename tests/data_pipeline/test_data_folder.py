@@ -90,3 +90,21 @@ def test_missing_folder_is_one_clear_error(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="No images found"):
         build_image_pipeline(folder_config(str(empty)), split="train", batch_size=2, **HOST)
+
+
+def test_folder_where_nothing_decodes_fails_at_once(tmp_path):
+    """30 text files named .png: the repeated, filtered training split would skip forever; it stops with a sentence."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(30):
+        (bad / f"b{i:02d}.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"None of any of the 30 images of the train split .* could be read "
+                                         r"\(30 unreadable, e\.g\. .*b00\.png"):
+        build_image_pipeline(folder_config(str(bad)), split="train", batch_size=4, seed=0, **HOST)
+
+
+def test_split_with_fewer_readable_images_than_a_batch(tmp_path):
+    root, good, bad = make_image_folder(tmp_path / "few")  # 9 good + 2 unreadable
+    with pytest.raises(ValueError, match=r"has 11 examples but only 9 readable \(2 unreadable\): too few for one "
+                                         r"batch of 10"):
+        eval_batches(folder_config(root), batch_size=10, split="train", **HOST)
