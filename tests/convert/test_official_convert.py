@@ -23,10 +23,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rq_jax.convert import official
 from rq_jax.convert import rq_transformer as tf_convert
 from rq_jax.convert import rqvae as vae_convert
 from rq_jax.convert.__main__ import main
+from rq_jax.convert.official_rqvae_config import stage1_config_from_official
+from rq_jax.convert.official_run import convert_official
+from rq_jax.convert.official_transformer_config import stage2_config_from_official
+from rq_jax.convert.official_weights import convert_stage1, convert_stage2, layout_from_official
+from rq_jax.convert.official_yaml import STAGE1, STAGE2
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("yaml") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="the official converter needs torch and pyyaml")
@@ -194,20 +198,20 @@ def test_tables_cover_every_released_file():
 def test_released_stage1_maps_at_full_size(stem):
     n_embed, attn, dataset = STAGE1_RELEASED[stem]
     shapes = read_shapes(stem)
-    config, notes = official.stage1_config_from_official(shapes, stage1_yaml(n_embed, attn, dataset), stem)
+    config, notes = stage1_config_from_official(shapes, stage1_yaml(n_embed, attn, dataset), stem)
     assert notes == []
     m = config.model
     assert (m.resolution, m.ch, tuple(m.ch_mult), m.num_res_blocks, tuple(m.attn_resolutions)) == \
         (256, 128, (1, 1, 2, 2, 4, 4), 2, tuple(attn))
     assert (m.codebook_size, m.embed_dim, m.z_channels, tuple(m.code_shape)) == (n_embed, 256, 256, (8, 8, 4))
     assert config.loss.recon == "l2" and config.model.quantizer.restart and config.train.b1 == 0.5
-    inferred, notes = official.stage1_config_from_official(shapes, None, stem)
+    inferred, notes = stage1_config_from_official(shapes, None, stem)
     assert "no config.yaml" in notes[0]
     for key in ("resolution", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "embed_dim",
                 "codebook_size", "code_shape"):
         assert tuple(np.atleast_1d(inferred.model[key])) == tuple(np.atleast_1d(m[key])), key
 
-    converted = official.convert_stage1(zero_stride(shapes), config)
+    converted = convert_stage1(zero_stride(shapes), config)
     gen = dict(nnx.to_flat_state(converted.state["gen"]))
     assert len(gen) + 12 == len(shapes)  # + weight, cluster_size_ema, embed_ema of 4 aliased codebooks
     for path, var in gen.items():
@@ -228,10 +232,10 @@ def test_released_stage1_maps_at_full_size(stem):
 def test_released_stage2_maps_at_full_size(stem):
     stage1, d_model, body, head, heads, vocab, cond_vocab, cond_len, dataset = STAGE2_RELEASED[stem]
     n_embed, attn, dataset1 = STAGE1_RELEASED[stage1]
-    config1, _ = official.stage1_config_from_official(read_shapes(stage1), stage1_yaml(n_embed, attn, dataset1))
+    config1, _ = stage1_config_from_official(read_shapes(stage1), stage1_yaml(n_embed, attn, dataset1))
     shapes = read_shapes(stem)
     yaml_cfg = stage2_yaml(d_model, body, head, heads, vocab, cond_vocab, cond_len, dataset)
-    config, notes = official.stage2_config_from_official(shapes, yaml_cfg, config1, stem)
+    config, notes = stage2_config_from_official(shapes, yaml_cfg, config1, stem)
     m = config.model
     assert notes == [] and m.cfg_null is False
     assert (m.d_model, m.num_heads, m.spatial_layers, m.depth_layers, m.mlp_ratio) == (d_model, heads, body, head, 4)
@@ -243,12 +247,12 @@ def test_released_stage2_maps_at_full_size(stem):
     else:
         assert m.cond == "none"
     assert (config.soft.temperature, config.train.batch_size, config.sample.top_k) == (0.5, 2048, 250)
-    inferred, notes = official.stage2_config_from_official(shapes, None, config1, stem)
+    inferred, notes = stage2_config_from_official(shapes, None, config1, stem)
     assert "no config.yaml" in notes[0]
     assert {k: v for k, v in inferred.model.items() if "dropout" not in k} == \
         {k: v for k, v in m.items() if "dropout" not in k}
 
-    converted = official.convert_stage2(zero_stride(shapes), config)
+    converted = convert_stage2(zero_stride(shapes), config)
     params = nnx.to_flat_state(converted.state["params"])
     assert len(params) == len(shapes)
     src_size = dst_size = 0
@@ -474,7 +478,7 @@ def _load_into(flax_layer, torch_layer, stage, name_of):
     sd = {k: v.detach().numpy() for k, v in torch_layer.state_dict().items()}
     flat = []
     for path, _ in nnx.to_flat_state(nnx.state(flax_layer, nnx.Param)):
-        flat.append((path, jnp.asarray(official.layout_from_official(stage, path, sd.pop(name_of(path))))))
+        flat.append((path, jnp.asarray(layout_from_official(stage, path, sd.pop(name_of(path))))))
     assert sd == {}, f"unused torch tensors {sorted(sd)}"
     nnx.update(flax_layer, nnx.from_flat_state(flat))
 
@@ -504,7 +508,7 @@ def test_torch_vae_layers_match_after_layout_conversion(kind):
         ref, ours = AttnBlock(c), layers.AttnBlock(c, rngs=rngs)
         with torch.no_grad():
             ref.norm.weight.normal_(), ref.norm.bias.normal_()
-    _load_into(ours, ref, official.STAGE1, vae_convert.official_name)
+    _load_into(ours, ref, STAGE1, vae_convert.official_name)
     x_NCHW = _rand(2, 32 if kind.startswith("conv") else c, 8, 8)
     with torch.no_grad():
         want = ref(torch.from_numpy(x_NCHW)).numpy()
@@ -526,7 +530,7 @@ def test_torch_transformer_layers_match_after_layout_conversion(kind):
         ref, ours = torch.nn.LayerNorm(48), tl.layer_norm(48, param_dtype=jnp.float32, rngs=rngs)
         with torch.no_grad():
             ref.weight.normal_(), ref.bias.normal_()
-    _load_into(ours, ref, official.STAGE2, tf_convert.official_name)
+    _load_into(ours, ref, STAGE2, tf_convert.official_name)
     x = _rand(3, 5, 48)
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).numpy()
@@ -556,17 +560,17 @@ def test_yaml_disagreeing_with_the_tensors_names_both(golden_converted, tmp_path
                    stage2_yaml(64, 3, 1, 4, 64, 10, 1, "imagenet", input_embed=32))
     with pytest.raises(ValueError, match=r"arch\.body\.n_layer = 3 .*body_transformer\.blocks\.\* gives "
                                          r"spatial_layers = 2"):
-        official.convert_official(str(tmp_path / "stage2"), str(tmp_path / "out"), stage1=str(src / "stage1"))
+        convert_official(str(tmp_path / "stage2"), str(tmp_path / "out"), stage1=str(src / "stage1"))
     y = stage2_yaml(64, 2, 1, 4, 64, 10, 1, "imagenet", input_embed=32)
     y["arch"]["input_emb_vqvae"] = False
     write_official(tmp_path / "stage2b", golden_converted["sd2"], y)
     with pytest.raises(ValueError, match="arch.input_emb_vqvae = False is not supported"):
-        official.convert_official(str(tmp_path / "stage2b"), str(tmp_path / "out"), stage1=str(src / "stage1"))
+        convert_official(str(tmp_path / "stage2b"), str(tmp_path / "out"), stage1=str(src / "stage1"))
     y1 = tiny_stage1_yaml()
     y1["arch"]["ddconfig"]["ch"] = 64
     write_official(tmp_path / "stage1", golden_converted["sd1"], y1)
     with pytest.raises(ValueError, match=r"arch\.ddconfig\.ch = 64 .*encoder\.conv_in\.weight gives ch = 32"):
-        official.convert_official(str(tmp_path / "stage1"), str(tmp_path / "out1"))
+        convert_official(str(tmp_path / "stage1"), str(tmp_path / "out1"))
 
 
 @needs_torch
@@ -574,14 +578,14 @@ def test_missing_inputs_give_one_clear_sentence(golden_converted, tmp_path):
     with pytest.raises(SystemExit, match="No official checkpoint at .*nowhere/model.pt: give the folder"):
         main(["official", "--ckpt", str(tmp_path / "nowhere" / "model.pt"), "--out", str(tmp_path / "out")])
     with pytest.raises(FileNotFoundError, match="holds no .pt files"):
-        official.convert_official(str(tmp_path), str(tmp_path / "out"))
+        convert_official(str(tmp_path), str(tmp_path / "out"))
     # a stage-2 checkpoint alone: its stage-1 RQ-VAE cannot be found
     write_official(tmp_path / "lonely" / "stage2", golden_converted["sd2"])
     with pytest.raises(FileNotFoundError, match="stage-1 RQ-VAE was not found .*pass --stage1"):
-        official.convert_official(str(tmp_path / "lonely" / "stage2"), str(tmp_path / "out"))
+        convert_official(str(tmp_path / "lonely" / "stage2"), str(tmp_path / "out"))
     # the output already holds a converted run
     with pytest.raises(FileExistsError, match="already holds a checkpoint"):
-        official.convert_official(str(golden_converted["root"] / "src" / "stage2"), str(golden_converted["out"]))
+        convert_official(str(golden_converted["root"] / "src" / "stage2"), str(golden_converted["out"]))
 
 
 class TrainingState:
@@ -599,9 +603,9 @@ def test_ema_weights_and_pickled_entries(golden_converted, tmp_path):
     write_official(tmp_path / "stage1", {k: np.zeros_like(v) for k, v in sd1.items()}, tiny_stage1_yaml(),
                    extra={"state_dict_ema": ema, "scheduler": TrainingState()})
     with pytest.raises(ValueError, match="rerun with --allow_pickle"):
-        official.convert_official(str(tmp_path / "stage1"), str(tmp_path / "out"), ema=True)
+        convert_official(str(tmp_path / "stage1"), str(tmp_path / "out"), ema=True)
     with pytest.raises(ValueError, match="--stage1 is only for stage-2 checkpoints"):
-        official.convert_official(str(tmp_path / "stage1"), str(tmp_path / "out"), stage1=str(tmp_path / "stage1"),
+        convert_official(str(tmp_path / "stage1"), str(tmp_path / "out"), stage1=str(tmp_path / "stage1"),
                                   allow_pickle=True)
     main(["official", "--ckpt", str(tmp_path / "stage1"), "--out", str(tmp_path / "out"), "--ema", "--allow_pickle"])
     vae, _, _ = load_rqvae(str(tmp_path / "out" / "stage1"))
@@ -616,7 +620,7 @@ def test_text_model_without_tokenizer_files(shrunk_cc3m, tmp_path):
     root = shrunk_cc3m["root"]
     message = "bpe-16k-vocab.json and bpe-16k-merges.txt, not found .*--tokenizer_dir"
     with pytest.raises(FileNotFoundError, match=message):
-        official.convert_official(str(root / "cc3m" / "stage2"), str(tmp_path / "out"),
+        convert_official(str(root / "cc3m" / "stage2"), str(tmp_path / "out"),
                                   stage1=str(root / "in256" / "stage1"))
 
 

@@ -174,5 +174,7 @@ def test_checkpoint_with_wrong_shape_names_array(tmp_path):
 
 def test_converter_without_torch_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    for name in ("vgg16.pth", "vgg.pth"):  # the files exist: a missing file is named before torch is needed
+        (tmp_path / name).write_bytes(b"")
     with pytest.raises(ImportError, match=r"pip install rq_jax\[convert\]"):
         convert_lpips(tmp_path / "vgg16.pth", tmp_path / "vgg.pth", tmp_path / "out.npz")
