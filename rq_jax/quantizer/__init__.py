@@ -19,6 +19,7 @@ from rq_jax.quantizer.codebook import (
     restart_candidates,
     restart_unused,
 )
+from rq_jax.quantizer.config import QUANTIZER_FIELDS, QuantizerConfig, quantizer_config_dict
 from rq_jax.quantizer.residual import (
     RQOutput,
     commitment_loss,
@@ -37,7 +38,9 @@ from rq_jax.quantizer.soft import (
 )
 
 __all__ = [
+    "QUANTIZER_FIELDS",
     "CodebookState",
+    "QuantizerConfig",
     "RQOutput",
     "calibrate_temperature",
     "cluster_statistics",
@@ -51,6 +54,7 @@ __all__ = [
     "parse_auto",
     "per_depth_temperature",
     "q_tau_stats",
+    "quantizer_config_dict",
     "restart_candidates",
     "restart_unused",
     "rq_decode",
