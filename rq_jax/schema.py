@@ -9,6 +9,9 @@ command-line overridable keys cannot drift apart. Conventions:
   from `code_shape`);
 - a nested dataclass becomes a nested ConfigDict, overridden field by field;
 - an optional field (`str | None = None`) becomes a typed placeholder, so `--config.data.limit=256` works;
+- a field whose metadata has `any_type=True` becomes a FieldReference of type object (a number, a tuple or a
+  string may be set, e.g. the soft-label temperature);
+- a dict becomes a nested ConfigDict (e.g. the mesh shape);
 - lists become tuples (ConfigDicts hold the tuples that the models read).
 """
 
@@ -41,6 +44,8 @@ def _placeholder_type(hint: Any) -> type | None:
 def _value(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_config_dict(value)
+    if isinstance(value, dict):
+        return ml_collections.ConfigDict(value)
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -48,10 +53,16 @@ def to_config_dict(obj: Any) -> ml_collections.ConfigDict:
     """The ConfigDict of a dataclass instance (see the module docstring for the conventions)."""
     hints = typing.get_type_hints(type(obj))
     out = ml_collections.ConfigDict()
-    for name in config_fields(obj):
-        value = getattr(obj, name)
-        optional = _placeholder_type(hints[name])
-        out[name] = cd.placeholder(optional) if value is None and optional is not None else _value(value)
+    for field in dataclasses.fields(obj):
+        if not field.metadata.get("config", True):
+            continue
+        value, optional = getattr(obj, field.name), _placeholder_type(hints[field.name])
+        if field.metadata.get("any_type", False):
+            out[field.name] = ml_collections.FieldReference(value, field_type=object)
+        elif value is None and optional is not None:
+            out[field.name] = cd.placeholder(optional)
+        else:
+            out[field.name] = _value(value)
     return out
 
 
