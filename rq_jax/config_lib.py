@@ -136,7 +136,8 @@ class SampleConfig:
 
 
 def rqvae_config() -> ml_collections.ConfigDict:
-    """Stage 1 (RQ-VAE): every key with its default (the defaults are the paper's ImageNet 8x8x4 recipe)."""
+    """Stage 1 (RQ-VAE): every key with its default (model, loss and training: the paper's ImageNet 8x8x4 recipe;
+    data: `DataConfig`'s, the embedded dataset)."""
     c = ml_collections.ConfigDict()
     c.stage = "rqvae"
     c.seed = 0
