@@ -35,20 +35,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dropout = 0.3  # 0.3 for the 3.8B model (0.1 for the others)
     c.model.cond = "class"
     c.model.num_classes = 1000
-    c.model.text_len = 32
-    c.model.text_vocab_size = 16384
+    c.model.text_len = 32  # text conditioning only
+    c.model.text_vocab_size = 16384  # text conditioning only
 
     # Soft labels and stochastic codes (Sec. 3.2.3), tau of Table 5.
     c.soft.temperature = 0.5
     c.soft.soft_labels = True
     c.soft.stochastic_codes = True
 
-    # Optimizer (App. A): AdamW(0.9, 0.95), lr 5e-4 after a linear warm-up, cosine decay, weight decay 1e-4.
+    # Optimizer (App. A.3): AdamW(0.9, 0.95), cosine schedule from lr 5e-4, weight decay 1e-4.
     c.train.lr = 5e-4
     c.train.b1, c.train.b2 = 0.9, 0.95
     c.train.weight_decay = 1e-4  # not on norms, biases, embeddings
-    c.train.warmup_steps = 2000
-    c.train.grad_clip = 1.0
+    c.train.warmup_steps = 2000  # linear warm-up; not stated in the paper
+    c.train.grad_clip = 1.0  # global-norm clipping; not stated in the paper
     c.train.batch_size = 2048
     c.train.num_epochs = 100.0
 
