@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import pathlib
 import time
 
 import jax
@@ -33,10 +34,12 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from rq_jax.config_lib import imagenet_rqvae
+from rq_jax.config_lib import load_config_file
 from rq_jax.models.rq_transformer import RQTransformer, rq_transformer_model_config
 from rq_jax.models.rqvae import RQVAE
 from rq_jax.sampling import SamplingConfig, sample_codes
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Figure 4 / Sec. 4.3: 1.4B RQ-Transformer on one A100, 8x8x4, s/image including RQ-VAE decoding.
 PAPER_A100_INCL_DECODE = {100: 0.039, 200: 0.025, 500: 0.019}
@@ -75,12 +78,14 @@ def parse_code_shape(text: str) -> tuple[int, int, int]:
 
 def stage1_config(preset: str, code_shape: tuple[int, int, int]) -> ml_collections.ConfigDict:
     """The RQ-VAE config whose decoder renders the codes (ImageNet 256x256, or a 32x32 toy for `small`)."""
+    base = {8: "imagenet_8x8x4", 16: "imagenet_16x16x1"}[code_shape[0]]  # f = 32 or f = 16 at 256x256
+    path = str(REPO / "configs" / "rqvae" / f"{base}.py")
     if preset == "small":
-        c = imagenet_rqvae((code_shape[0], code_shape[1], code_shape[2]), "runlocal")
+        c = load_config_file(f"{path}:runlocal")
         f = 32 // code_shape[0]  # 32x32 images: f = 4 for 8x8 codes, 2 for 16x16
         c.model.ch_mult = (1,) + (2,) * int(math.log2(f))
     else:
-        c = imagenet_rqvae(code_shape, None)
+        c = load_config_file(path)
     c.model.code_shape = tuple(code_shape)
     c.model.codebook_size = PRESETS[preset]["codebook_size"]
     return c

@@ -26,15 +26,17 @@ if "jax" not in sys.modules and "--xla_force_host_platform_device_count" not in 
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=64"
 
 import argparse  # noqa: E402
+import pathlib  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from rq_jax import sharding  # noqa: E402
-from rq_jax.config_lib import table5_transformer  # noqa: E402
+from rq_jax.config_lib import load_config_file  # noqa: E402
 from rq_jax.trainers import rq_transformer as t2  # noqa: E402
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 GiB = 2**30
 TARGETS = {  # name: (devices, GiB per device, mesh)
     "a100x8": (8, 80, {"data": 1, "fsdp": 8, "tensor": 1}),
@@ -46,7 +48,7 @@ TARGETS = {  # name: (devices, GiB per device, mesh)
 
 def analyse(config_name: str, target: str, batch: int, remat: str, scan: bool, dtype: str, micro: int) -> dict:
     n, gib, mesh_shape = TARGETS[target]
-    config = table5_transformer(config_name)
+    config = load_config_file(str(REPO / "configs" / "transformer" / f"{config_name}.py"))
     config.model.update(dict(remat=remat, scan_layers=scan, dtype=dtype))
     config.train.batch_size = batch
     config.train.microbatches = micro
@@ -77,7 +79,7 @@ def analyse(config_name: str, target: str, batch: int, remat: str, scan: bool, d
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="imagenet_1400m", help="a Table 5 row of rq_jax.config_lib.TABLE5")
+    p.add_argument("--config", default="imagenet_1400m", help="a Table 5 row: the name of a configs/transformer/*.py")
     p.add_argument("--targets", nargs="+", default=["a100x8", "v4-32", "v5e-64", "v5e-64-tp4"], choices=list(TARGETS))
     p.add_argument("--batch", type=int, default=2048, help="global batch (the paper's 1.4B: 2048)")
     p.add_argument("--remat", default="full")

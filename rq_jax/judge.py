@@ -98,17 +98,10 @@ def load_split(data_config: Any, split: str, *, max_images: int | None = None, b
 
 
 def data_config_from_file(path: str) -> Any:
-    """`get_config().data` of a config `.py` file (as `configs/rqvae/demo.py`), loaded with importlib."""
-    import importlib.util
+    """`get_config().data` of a config `.py` file ("PATH[:arg]", as `configs/rqvae/demo.py`)."""
+    from rq_jax.config_lib import load_config_file
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"The data config {path!r} does not exist; give a config .py with get_config().")
-    spec = importlib.util.spec_from_file_location(f"_judge_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{path!r} has no get_config() function.")
-    config = module.get_config()
+    config = load_config_file(path)
     if "data" not in config:
         raise ValueError(f"The config of {path!r} has no `data` section.")
     return config.data

@@ -53,4 +53,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # configs/transformer/*.py import their stage-1 config (`from configs.rqvae import ...`): the folder holding
+    # `configs/` goes on sys.path before config_flags executes the file, so any working directory works.
+    from rq_jax.config_lib import add_config_root_from_argv
+
+    add_config_root_from_argv(sys.argv)
     app.run(main)

@@ -14,13 +14,18 @@ residuals are small and crowd onto a few small codes: with the official per-dept
 depths 3-4 used about half of the codebook or less (90/80/50/44% at depths 1-4 on the held-out set).
 """
 
-from rq_jax.config_lib import rqvae_config, runlocal
+import ml_collections
+
+from configs import common
 
 
-def get_config(arg: str | None = None):
-    c = rqvae_config()
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: "runlocal" (CPU-sized smoke run) or nothing."""
+    args = common.parse_arg(arg, "runlocal")
+    c = common.rqvae_config()
     c.model.update(dict(resolution=32, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
                         z_channels=64, embed_dim=64, code_shape=(8, 8, 4), codebook_size=128))
+    c.model.quantizer.decay = 0.99
     c.model.quantizer.update_mode = "once"
     c.model.quantizer.restart_threshold = 4.0
     c.model.quantizer.restart_from = "least_used_depth"
@@ -29,6 +34,7 @@ def get_config(arg: str | None = None):
     c.data.random_flip = False  # emoji include text-like symbols
     c.data.skin_tones = False  # 3,881 -> 1,991 images: the 5 skin-tone copies made "people & body" 59% of the set
     c.loss.recon = "l1"
+    c.loss.beta = 0.25
     c.loss.perceptual_weight = 0.0
     c.loss.adv_weight = 0.1
     c.loss.disc_start = 850
@@ -38,12 +44,15 @@ def get_config(arg: str | None = None):
     c.train.num_steps = 1000
     c.train.lr = 1e-3
     c.train.disc_lr = 1e-4
+    c.train.b1, c.train.b2 = 0.5, 0.9
+    c.train.weight_decay = 0.0
+    c.train.grad_clip = 0.0
     c.train.warmup_steps = 100
     c.train.log_every = 50
     c.train.eval_every = 500
     c.train.image_every = 500
     c.train.checkpoint_every = 500
     c.train.eval_batches = 4
-    if arg == "runlocal":
-        runlocal(c)
+    if "runlocal" in args:
+        common.runlocal(c)
     return c

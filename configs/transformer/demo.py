@@ -20,37 +20,48 @@ uniform: with the rest of this recipe, tau = 0.5 gave judge accuracy 0.58 and de
 (1 bit per depth) 0.49 and 2.6, smoother but less structured samples.
 """
 
-import importlib.util
-import os
+import ml_collections
 
-from rq_jax.config_lib import transformer_config, transformer_runlocal
-
-
-def _stage1(arg):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rqvae", "demo.py")
-    spec = importlib.util.spec_from_file_location("rqvae_demo", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+from configs import common
+from configs.rqvae import demo as rqvae_demo
 
 
-def get_config(arg: str | None = None):
-    c = transformer_config(_stage1(None))
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: "text" (conditioned on the emoji names), "runlocal" (both stages CPU-sized), or nothing."""
+    args = common.parse_arg(arg, "runlocal", "text")
+    if len(args) > 1:
+        raise ValueError(f"Give one of 'runlocal' and 'text', not both (got {arg!r}).")
+    if "runlocal" in args:
+        c = common.transformer_config(rqvae_demo.get_config("runlocal"))
+        c.model.update(dict(num_classes=10, cfg_null=True))
+        common.transformer_runlocal(c)
+        c.train.cond_drop_prob = 0.1
+        return c
+
+    # Stage 1 (nested): T = 8x8 positions, D = 4 depths, K = 128 codes of n_z = 64 dims come from it.
+    c = common.transformer_config(rqvae_demo.get_config())
     c.rqvae_workdir = "workdirs/demo/rqvae"
     c.data.features_dir = "workdirs/demo/features"
-    c.model.update(dict(d_model=128, num_heads=4, spatial_layers=4, depth_layers=1, num_classes=10, cfg_null=True,
-                        dropout=0.0))
-    c.soft.temperature = 0.5  # see the docstring; "auto:1.0" is the calibrated alternative
-    c.train.update(dict(batch_size=32, num_steps=960, lr=2e-3, warmup_steps=50, cond_drop_prob=0.1,
-                        log_every=60, eval_every=480, sample_every=960, checkpoint_every=480, eval_batches=4))
+
+    # Model: 4 spatial + 1 depth layers, 128 wide; a null class for classifier-free guidance.
+    c.model.update(dict(d_model=128, num_heads=4, spatial_layers=4, depth_layers=1, dropout=0.0))
+    c.model.update(dict(cond="class", num_classes=10, cfg_null=True))
+
+    # Soft labels and stochastic codes: tau 0.5 (see the docstring; "auto:1.0" is the calibrated alternative).
+    c.soft.temperature = 0.5
+    c.soft.soft_labels = True
+    c.soft.stochastic_codes = True
+
+    # Optimizer: AdamW(0.9, 0.95), lr 2e-3 after 50 warm-up steps, cosine decay; 10% null condition.
+    c.train.update(dict(lr=2e-3, b1=0.9, b2=0.95, weight_decay=1e-4, warmup_steps=50, grad_clip=1.0))
+    c.train.update(dict(batch_size=32, num_steps=960, cond_drop_prob=0.1))
+    c.train.update(dict(log_every=60, eval_every=480, sample_every=960, checkpoint_every=480, eval_batches=4))
+
+    # Sampling: top-k 32, top-p 0.95, guidance scale 3.
     c.sample.update(dict(top_k=32, top_p=0.95, num=8, cfg_scale=3.0))
-    if arg == "text":  # conditioned on the emoji names ("red apple") with a BPE tokenizer trained on them
+
+    if "text" in args:  # conditioned on the emoji names ("red apple") with a BPE tokenizer trained on them
         c.model.update(dict(cond="text", text_len=16, text_vocab_size=1024))
         c.text.vocab_size = 1024
         c.train.update(dict(num_steps=300, eval_every=300, sample_every=300, checkpoint_every=300))
-    if arg == "runlocal":
-        c = transformer_config(_stage1("runlocal"))
-        c.model.update(dict(num_classes=10, cfg_null=True))
-        transformer_runlocal(c)
-        c.train.cond_drop_prob = 0.1
     return c

@@ -90,19 +90,23 @@ def _dataset_type(yaml_cfg: Mapping[str, Any] | None) -> str:
     return str(yaml_value(yaml_cfg, "dataset.type") or yaml_value(yaml_cfg, "dataset.dataset") or "").lower()
 
 
-def _stage1_base(dataset: str) -> ml_collections.ConfigDict:
-    """rq_jax's own stage-1 recipe for the dataset (its data and training settings), before the official values."""
-    from rq_jax import config_lib
+def _stage1_base(dataset: str, resolution: int) -> ml_collections.ConfigDict:
+    """The stage-1 run schema with the data of the official run's dataset (the recipe comes from its yaml).
 
-    if dataset == "imagenet":
-        return config_lib.imagenet_rqvae((8, 8, 4), None)
+    The data settings are those of configs/rqvae/{imagenet_8x8x4, ffhq_8x8x4, lsun_*}.py.
+    """
+    from rq_jax.config_lib import rqvae_config
+
+    c = rqvae_config()
+    c.data.image_size = resolution
     if dataset == "ffhq":
-        return config_lib.ffhq_rqvae(None)
-    if dataset.startswith("lsun-"):
-        c = config_lib.lsun_rqvae(dataset.split("-", 1)[1], None)
-        c.init_from = ""  # the converted weights are the finetuned ones
-        return c
-    return config_lib.rqvae_config()
+        c.data.update(dict(name="folder", folder="/path/to/ffhq/images1024x1024", min_crop_scale=0.75))
+    elif dataset.startswith("lsun-"):
+        c.data.update(dict(name="tfds", tfds_name=f"lsun/{dataset.split('-', 1)[1]}",
+                           tfds_train_split="train[:-5000]", tfds_eval_split="train[-5000:]"))
+    else:  # ImageNet (also when the dataset is unknown or there is no yaml)
+        c.data.update(dict(name="tfds", tfds_name="imagenet2012"))
+    return c
 
 
 def _check_supported(arch: Mapping[str, Any], where: str) -> None:
@@ -143,7 +147,7 @@ def stage1_config_from_official(
     _check_supported(arch, where)
     fields = rqvae_fields_from_shapes(shapes, int(yaml_value(arch, "ddconfig.resolution", 256)))
     _check_arch_against_shapes(arch, fields, where)
-    c = _stage1_base(_dataset_type(yaml_cfg))
+    c = _stage1_base(_dataset_type(yaml_cfg), fields["resolution"])
     c.model.update(fields)
     if yaml_cfg is not None:
         c.model.dropout = float(yaml_value(arch, "ddconfig.dropout", 0.0))

@@ -11,8 +11,9 @@ Entry points
     live count of unreadable images that were dropped.
 ``eval_batches(config.data, batch_size=B, num_batches=n) -> (batches, info)``
     A fixed list of held-out batches (no shuffle, no augmentation) for PSNR / reconstruction grids.
-``default_config()``
-    A ``ConfigDict`` with every field below at its default; missing fields take these defaults.
+``default_config(**overrides)``
+    A ``ConfigDict`` with every field below at its default (generated from the ``DataConfig`` dataclass);
+    missing fields take these defaults.
 
 ``config.data`` fields
 ----------------------
@@ -77,6 +78,7 @@ font raises one sentence naming the path and how to fix it.
 from rq_jax.data.embedded import EMOJI_CLASSES, FONT_APT_COMMAND, EmbeddedDataset, load_embedded
 from rq_jax.data.pipeline import (
     DATASETS,
+    DataConfig,
     DataInfo,
     build_image_dataset,
     build_image_pipeline,
@@ -91,6 +93,7 @@ __all__ = [
     "DATASETS",
     "EMOJI_CLASSES",
     "FONT_APT_COMMAND",
+    "DataConfig",
     "DataInfo",
     "EmbeddedDataset",
     "SkipCounter",

@@ -15,51 +15,54 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
-from ml_collections import config_dict
 
 from rq_jax.data import embedded, sources, transforms
+from rq_jax.schema import config_dict
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("embedded", "emoji", "digits", "folder", "tfds")
 
 
-def default_config() -> ml_collections.ConfigDict:
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
     """Every field of ``config.data`` with its default (see the :mod:`rq_jax.data` docstring).
 
-    Optional fields are typed placeholders, so ``--config.data.limit=256`` works on the command line.
+    Optional fields (``None``) become typed placeholders, so ``--config.data.limit=256`` works on the command line.
     """
-    return ml_collections.ConfigDict(
-        {
-            "name": "embedded",
-            "data_dir": config_dict.placeholder(str),
-            "image_size": 64,
-            "limit": config_dict.placeholder(int),
-            "val_every": 10,
-            # folder
-            "folder": config_dict.placeholder(str),
-            "folder_labels": True,
-            # tfds
-            "tfds_name": config_dict.placeholder(str),
-            "tfds_train_split": "train",
-            "tfds_eval_split": "validation",
-            "tfds_image_key": "image",
-            "tfds_label_key": "label",
-            # embedded
-            "font_path": config_dict.placeholder(str),
-            "background": (255, 255, 255),
-            "skin_tones": True,
-            # augmentation (training split only)
-            "random_crop": True,
-            "min_crop_scale": 1.0,
-            "random_flip": True,
-            "resize_method": "bilinear",
-            # reading
-            "num_threads": 2,
-            "prefetch_buffer_size": 0,
-            "worker_count": 0,
-        }
-    )
+
+    name: str = "embedded"
+    data_dir: str | None = None
+    image_size: int = 64
+    limit: int | None = None
+    val_every: int = 10
+    # folder
+    folder: str | None = None
+    folder_labels: bool = True
+    # tfds
+    tfds_name: str | None = None
+    tfds_train_split: str = "train"
+    tfds_eval_split: str = "validation"
+    tfds_image_key: str = "image"
+    tfds_label_key: str = "label"
+    # embedded
+    font_path: str | None = None
+    background: tuple[int, int, int] = (255, 255, 255)
+    skin_tones: bool = True
+    # augmentation (training split only)
+    random_crop: bool = True
+    min_crop_scale: float = 1.0
+    random_flip: bool = True
+    resize_method: str = "bilinear"
+    # reading
+    num_threads: int = 2
+    prefetch_buffer_size: int = 0
+    worker_count: int = 0
+
+
+def default_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """``config.data``: the `DataConfig` defaults with `overrides` applied (unknown names raise a ValueError)."""
+    return config_dict(DataConfig(), overrides, "data config")
 
 
 @dataclasses.dataclass(frozen=True)

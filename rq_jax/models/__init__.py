@@ -4,17 +4,19 @@ from rq_jax.models.rqvae import (
     LAST_LAYER_PATH,
     RQVAE,
     CodebookVar,
-    QuantizerConfig,
+    RQVAEConfig,
     quantizer_config,
     rqvae_model_config,
     validate_model_config,
 )
+from rq_jax.quantizer import QuantizerConfig
 
 __all__ = [
     "LAST_LAYER_PATH",
     "RQVAE",
     "CodebookVar",
     "QuantizerConfig",
+    "RQVAEConfig",
     "quantizer_config",
     "rqvae_model_config",
     "validate_model_config",

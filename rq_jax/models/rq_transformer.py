@@ -47,7 +47,7 @@ The cache layout: `RQCache(spatial=KVCache, depth=KVCache)`, each KVCache(k, v) 
 last position), depth S = D (overwritten at every position; later slots are masked, no reset needed).
 `logits_with_cache` runs exactly this loop with teacher forcing (lax.scan), for parity tests.
 
-Config schema (`rq_transformer_model_config`):
+Config schema (`config.model`: `rq_transformer_model_config`, generated from the `RQTransformerConfig` dataclass):
     vocab_size       int    K, codes per depth (shared codebook)
     code_shape       tuple  (H, W, D)
     embed_dim        int    C = n_z, the RQ-VAE codebook dimension (input of input_mlp / head_mlp)
@@ -73,6 +73,7 @@ Config schema (`rq_transformer_model_config`):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -89,42 +90,44 @@ from rq_jax.models.transformer_layers import (
     layer_norm,
     linear,
 )
+from rq_jax.schema import config_dict
 from rq_jax.sharding import constrain, logical_axes
 
 COND_KINDS = ("none", "class", "text")
 
 
+@dataclasses.dataclass(frozen=True)
+class RQTransformerConfig:
+    """`config.model` of an RQ-Transformer (fields: the module docstring): the official ImageNet 821M model."""
+
+    vocab_size: int = 16384
+    code_shape: tuple[int, int, int] = (8, 8, 4)
+    embed_dim: int = 256
+    d_model: int = 1536
+    num_heads: int = 24
+    spatial_layers: int = 24
+    depth_layers: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    embd_dropout: float = 0.0
+    cond: str = "class"
+    num_classes: int = 1000
+    text_vocab_size: int = 16384
+    text_len: int = 32
+    cfg_null: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = False
+
+
 def rq_transformer_model_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """`config.model` of an RQ-Transformer: the official ImageNet 821M model (in256-...-800M), with overrides.
+    """`config.model` of an RQ-Transformer: the `RQTransformerConfig` defaults (in256-...-800M), with overrides.
 
     Unknown field names raise a ValueError. See the module docstring for the meaning of each field.
     """
-    cfg = ml_collections.ConfigDict()
-    cfg.vocab_size = 16384
-    cfg.code_shape = (8, 8, 4)
-    cfg.embed_dim = 256
-    cfg.d_model = 1536
-    cfg.num_heads = 24
-    cfg.spatial_layers = 24
-    cfg.depth_layers = 4
-    cfg.mlp_ratio = 4
-    cfg.dropout = 0.1
-    cfg.attn_dropout = 0.0
-    cfg.embd_dropout = 0.0
-    cfg.cond = "class"
-    cfg.num_classes = 1000
-    cfg.text_vocab_size = 16384
-    cfg.text_len = 32
-    cfg.cfg_null = False
-    cfg.dtype = "float32"
-    cfg.param_dtype = "float32"
-    cfg.remat = "none"
-    cfg.scan_layers = False
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise ValueError(f"Unknown RQ-Transformer config field {key!r}; known: {', '.join(cfg.keys())}.")
-        cfg[key] = tuple(value) if isinstance(value, list) else value
-    return cfg
+    return config_dict(RQTransformerConfig(), overrides, "RQ-Transformer config")
 
 
 def validate_rq_transformer_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:

@@ -17,7 +17,7 @@ the reconstructions are float32 whatever the compute dtype; the encoder/decoder 
 The adaptive GAN weight needs the decoder's last layer: `model.decoder.conv_out.kernel`
 (`LAST_LAYER_PATH` in a state/gradient tree; `model.last_layer_kernel` returns the Param).
 
-Config schema (`config.model`, see `rqvae_model_config`):
+Config schema (`config.model`: `rqvae_model_config`, generated from the `RQVAEConfig` dataclass):
     resolution        int     square image side R (pixels)
     in_channels       int     input image channels (3)
     out_channels      int     reconstructed image channels (3)
@@ -33,7 +33,7 @@ Config schema (`config.model`, see `rqvae_model_config`):
     dtype             str     compute dtype of encoder/decoder ("float32" or "bfloat16")
     param_dtype       str     parameter dtype ("float32")
     quantizer.decay, eps, restart, restart_threshold, update_mode, impl, commitment_reduction
-                              options of `rq_jax.quantizer.rq_quantize_train` (see QuantizerConfig)
+                              options of `rq_jax.quantizer.rq_quantize_train` (see rq_jax.quantizer.QuantizerConfig)
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ from flax import nnx
 
 from rq_jax.models.layers import Decoder, Encoder, conv
 from rq_jax.quantizer import (
+    QUANTIZER_FIELDS,
     CodebookState,
+    QuantizerConfig,
     RQOutput,
     init_codebook,
     rq_decode,
@@ -58,7 +60,7 @@ from rq_jax.quantizer import (
     rq_quantize,
     rq_quantize_train,
 )
-from rq_jax.quantizer.residual import REDUCTIONS, RESTART_SOURCES, UPDATE_MODES
+from rq_jax.schema import config_dict
 from rq_jax.sharding import constrain
 
 LAST_LAYER_PATH = ("decoder", "conv_out", "kernel")
@@ -69,86 +71,33 @@ class CodebookVar(nnx.Variable):
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizerConfig:
-    """Options of the residual quantizer (see `rq_jax.quantizer.rq_quantize_train`).
+class RQVAEConfig:
+    """`config.model` of an RQ-VAE (fields: the module docstring): the official 256x256 ImageNet 8x8x4 model."""
 
-    depth: D, the number of residual codes per position (code_shape[2]).
-    decay, eps: EMA decay and Laplace smoothing of the codebook statistics.
-    restart, restart_threshold: restart codes whose EMA count falls below the threshold.
-    update_mode: "per_depth" (official order) or "once" (one EMA step per forward); not called `update`,
-      which is a ConfigDict method that command-line overrides cannot reach.
-    impl: nearest-code implementation ("auto", "xla", "pallas", ...).
-    commitment_reduction: "mean" (official) or "sum" (Eq. 7) over depths.
-    restart_from: "all" (official) or "least_used_depth" (with update_mode "once"): where restarted codes
-      are drawn from (see rq_jax.quantizer.residual).
-    """
-
-    depth: int = 4
-    decay: float = 0.99
-    eps: float = 1e-5
-    restart: bool = True
-    restart_threshold: float = 1.0
-    update_mode: str = "per_depth"
-    impl: str = "auto"
-    commitment_reduction: str = "mean"
-    restart_from: str = "all"
-
-    def __post_init__(self):
-        if self.update_mode not in UPDATE_MODES:
-            raise ValueError(f"Unknown codebook update mode {self.update_mode!r}; choose one of {UPDATE_MODES}.")
-        if self.restart_from not in RESTART_SOURCES or (self.restart_from != "all" and self.update_mode != "once"):
-            raise ValueError(f"quantizer.restart_from must be one of {RESTART_SOURCES} ('least_used_depth' with "
-                             f"update_mode 'once'); got {self.restart_from!r} with {self.update_mode!r}.")
-        if self.commitment_reduction not in REDUCTIONS:
-            raise ValueError(
-                f"Unknown commitment reduction {self.commitment_reduction!r}; choose one of {REDUCTIONS}."
-            )
-        if not (0.0 <= self.decay < 1.0 and self.depth >= 1):
-            got = f"decay {self.decay}, depth {self.depth}"
-            raise ValueError(f"The quantizer needs 0 <= decay < 1 and depth >= 1; got {got}.")
-
-
-_QUANTIZER_FIELDS = ("decay", "eps", "restart", "restart_threshold", "update_mode", "impl", "commitment_reduction",
-                     "restart_from")
+    resolution: int = 256
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (8,)
+    dropout: float = 0.0
+    z_channels: int = 256
+    embed_dim: int = 256
+    code_shape: tuple[int, int, int] = (8, 8, 4)
+    codebook_size: int = 16384
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    quantizer: QuantizerConfig = dataclasses.field(default_factory=QuantizerConfig)
 
 
 def rqvae_model_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """`config.model` for an RQ-VAE: the official 256x256 ImageNet 8x8x4 model, with `overrides` applied.
+    """`config.model` for an RQ-VAE: the `RQVAEConfig` defaults with `overrides` applied.
 
     Top-level fields are overridden by keyword (`ch=32`); `quantizer=dict(decay=0.9)` updates only the
     named quantizer fields. Unknown names raise a ValueError.
     """
-    cfg = ml_collections.ConfigDict()
-    cfg.resolution = 256
-    cfg.in_channels = 3
-    cfg.out_channels = 3
-    cfg.ch = 128
-    cfg.ch_mult = (1, 1, 2, 2, 4, 4)
-    cfg.num_res_blocks = 2
-    cfg.attn_resolutions = (8,)
-    cfg.dropout = 0.0
-    cfg.z_channels = 256
-    cfg.embed_dim = 256
-    cfg.code_shape = (8, 8, 4)
-    cfg.codebook_size = 16384
-    cfg.dtype = "float32"
-    cfg.param_dtype = "float32"
-    cfg.quantizer = ml_collections.ConfigDict(
-        dict(decay=0.99, eps=1e-5, restart=True, restart_threshold=1.0, update_mode="per_depth", impl="auto",
-             commitment_reduction="mean", restart_from="all")
-    )
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise ValueError(f"Unknown RQ-VAE model config field {key!r}; known: {', '.join(cfg.keys())}.")
-        if key == "quantizer":
-            for qk, qv in dict(value).items():
-                if qk not in cfg.quantizer:
-                    known = ", ".join(_QUANTIZER_FIELDS)
-                    raise ValueError(f"Unknown quantizer field {qk!r}; known: {known}.")
-                cfg.quantizer[qk] = qv
-        else:
-            cfg[key] = tuple(value) if isinstance(value, list) else value
-    return cfg
+    return config_dict(RQVAEConfig(), overrides, "RQ-VAE model config")
 
 
 def validate_model_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
@@ -186,9 +135,9 @@ def validate_model_config(config: Mapping[str, Any] | ml_collections.ConfigDict)
 def quantizer_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> QuantizerConfig:
     """The QuantizerConfig of a `config.model`: depth from code_shape, the rest from `config.quantizer`."""
     q = dict(config["quantizer"]) if "quantizer" in config else {}
-    unknown = set(q) - set(_QUANTIZER_FIELDS)
+    unknown = set(q) - set(QUANTIZER_FIELDS)
     if unknown:
-        known = ", ".join(_QUANTIZER_FIELDS)
+        known = ", ".join(QUANTIZER_FIELDS)
         raise ValueError(f"Unknown quantizer fields {sorted(unknown)}; known: {known}.")
     return QuantizerConfig(depth=int(tuple(config["code_shape"])[2]), **q)
 

@@ -19,6 +19,7 @@ from rq_jax.quantizer.codebook import (
     restart_candidates,
     restart_unused,
 )
+from rq_jax.quantizer.config import QUANTIZER_FIELDS, QuantizerConfig, quantizer_config_dict
 from rq_jax.quantizer.residual import (
     RQOutput,
     commitment_loss,
@@ -39,7 +40,9 @@ from rq_jax.quantizer.soft import (
 from rq_jax.quantizer.soft_ce import SoftCE, one_hot_cross_entropy, soft_label_cross_entropy
 
 __all__ = [
+    "QUANTIZER_FIELDS",
     "CodebookState",
+    "QuantizerConfig",
     "RQOutput",
     "SoftCE",
     "calibrate_temperature",
@@ -56,6 +59,7 @@ __all__ = [
     "parse_auto",
     "per_depth_temperature",
     "q_tau_stats",
+    "quantizer_config_dict",
     "restart_candidates",
     "restart_unused",
     "rq_decode",

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rq_jax.quantizer.config import QuantizerConfig
+
 
 class CodebookState(NamedTuple):
     """The codebook and its EMA statistics (all float32).
@@ -96,7 +98,11 @@ def restart_candidates(rng: jax.Array, vectors_NxC: jax.Array, num_codes: int) -
 
 
 def restart_unused(
-    state: CodebookState, rng: jax.Array, vectors_NxC: jax.Array, *, threshold: float = 1.0
+    state: CodebookState,
+    rng: jax.Array,
+    vectors_NxC: jax.Array,
+    *,
+    threshold: float = QuantizerConfig.restart_threshold,
 ) -> tuple[CodebookState, jax.Array]:
     """Restarts codes whose EMA count is below `threshold` from random current vectors.
 
@@ -110,7 +116,7 @@ def restart_unused(
     return state._replace(cluster_size_K=cs, embed_sum_KxC=es), dead_K
 
 
-def embedding_from_ema(state: CodebookState, eps: float = 1e-5) -> CodebookState:
+def embedding_from_ema(state: CodebookState, eps: float = QuantizerConfig.eps) -> CodebookState:
     """Recomputes the embedding from the EMA statistics with Laplace smoothing of the counts."""
     k = state.num_codes
     n = jnp.sum(state.cluster_size_K)
@@ -123,10 +129,10 @@ def ema_update(
     vectors_NxC: jax.Array,
     codes_N: jax.Array,
     *,
-    decay: float = 0.99,
-    eps: float = 1e-5,
-    restart: bool = True,
-    restart_threshold: float = 1.0,
+    decay: float = QuantizerConfig.decay,
+    eps: float = QuantizerConfig.eps,
+    restart: bool = QuantizerConfig.restart,
+    restart_threshold: float = QuantizerConfig.restart_threshold,
     rng: jax.Array | None = None,
     weights_N: jax.Array | None = None,
     restart_vectors_MxC: jax.Array | None = None,
@@ -165,6 +171,6 @@ def codebook_usage(codes: jax.Array, num_codes: int) -> dict[str, jax.Array]:
     return {"perplexity": perplexity, "usage": usage, "dead": dead}
 
 
-def ema_dead_codes(state: CodebookState, threshold: float = 1.0) -> jax.Array:
+def ema_dead_codes(state: CodebookState, threshold: float = QuantizerConfig.restart_threshold) -> jax.Array:
     """How many codes have an EMA count below `threshold` (the ones a restart would replace)."""
     return jnp.sum(state.cluster_size_K < threshold).astype(jnp.int32)

@@ -37,10 +37,7 @@ import jax.numpy as jnp
 
 from rq_jax.kernels.nearest_code import nearest_code
 from rq_jax.quantizer import codebook as cb
-
-UPDATE_MODES = ("per_depth", "once")
-RESTART_SOURCES = ("all", "least_used_depth")
-REDUCTIONS = ("mean", "sum")
+from rq_jax.quantizer.config import REDUCTIONS, RESTART_SOURCES, UPDATE_MODES, QuantizerConfig
 
 
 class RQOutput(NamedTuple):
@@ -76,7 +73,9 @@ def straight_through(z: jax.Array, zhat: jax.Array) -> jax.Array:
     return z + jax.lax.stop_gradient(zhat.astype(z.dtype) - z)
 
 
-def commitment_loss(z: jax.Array, zhat_cum: jax.Array, reduction: str = "mean") -> jax.Array:
+def commitment_loss(
+    z: jax.Array, zhat_cum: jax.Array, reduction: str = QuantizerConfig.commitment_reduction
+) -> jax.Array:
     """Reduce over depths of mean((z - sg(zhat(d)))^2); gradients reach z only."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"Unknown commitment reduction {reduction!r}; choose 'mean' or 'sum'.")
@@ -88,7 +87,7 @@ def commitment_loss(z: jax.Array, zhat_cum: jax.Array, reduction: str = "mean") 
 
 
 def rq_encode(
-    z: jax.Array, codebook_KxC: jax.Array, depth: int, *, impl: str = "auto"
+    z: jax.Array, codebook_KxC: jax.Array, depth: int, *, impl: str = QuantizerConfig.impl
 ) -> tuple[jax.Array, jax.Array]:
     """Codes [..., D] and partial sums [..., D, C] of features z [..., C] with a frozen codebook."""
     check_inputs(z, codebook_KxC, depth)
@@ -121,8 +120,8 @@ def rq_quantize(
     codebook_KxC: jax.Array,
     depth: int,
     *,
-    impl: str = "auto",
-    commitment_reduction: str = "mean",
+    impl: str = QuantizerConfig.impl,
+    commitment_reduction: str = QuantizerConfig.commitment_reduction,
 ) -> RQOutput:
     """Residual quantization with a frozen codebook: codes, partial sums, straight-through, loss."""
     codes, zhat_cum = rq_encode(z, codebook_KxC, depth, impl=impl)
@@ -140,14 +139,14 @@ def rq_quantize_train(
     depth: int,
     rng: jax.Array | None,
     *,
-    decay: float = 0.99,
-    eps: float = 1e-5,
-    restart: bool = True,
-    restart_threshold: float = 1.0,
-    update: str = "per_depth",
-    impl: str = "auto",
-    commitment_reduction: str = "mean",
-    restart_from: str = "all",
+    decay: float = QuantizerConfig.decay,
+    eps: float = QuantizerConfig.eps,
+    restart: bool = QuantizerConfig.restart,
+    restart_threshold: float = QuantizerConfig.restart_threshold,
+    update: str = QuantizerConfig.update_mode,
+    impl: str = QuantizerConfig.impl,
+    commitment_reduction: str = QuantizerConfig.commitment_reduction,
+    restart_from: str = QuantizerConfig.restart_from,
 ) -> tuple[RQOutput, cb.CodebookState]:
     """Training-mode residual quantization: the forward of `rq_quantize` plus the EMA codebook update.
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rq_jax.kernels.nearest_code import nearest_code
+from rq_jax.quantizer.config import QuantizerConfig
 from rq_jax.quantizer.residual import check_inputs
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -137,7 +138,7 @@ def gumbel_codes(
     temperature: Temperature,
     seed: jax.Array | int,
     *,
-    impl: str = "auto",
+    impl: str = QuantizerConfig.impl,
 ) -> jax.Array:
     """Stochastic codes [..., D] drawn from Q_tau without the N x K matrix (Gumbel-max kernel).
 

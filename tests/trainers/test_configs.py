@@ -12,7 +12,7 @@ from rq_jax.config_lib import check_known_keys, rqvae_config
 from rq_jax.models.rqvae import validate_model_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIGS = sorted(glob.glob(str(REPO / "configs" / "rqvae" / "*.py")))
+CONFIGS = sorted(p for p in glob.glob(str(REPO / "configs" / "rqvae" / "*.py")) if not p.endswith("__init__.py"))
 
 
 def load(path, arg=None):
