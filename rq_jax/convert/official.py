@@ -15,10 +15,10 @@ The text-conditioned CC-3M model also needs the official CharBPE tokenizer files
 
 Output, under OUT: `stage1/` and, for a stage-2 checkpoint, `stage2/`: rq_jax run directories (config.json
 and an orbax checkpoint at step 0, the state the trainers save: `gen` + `codebook` for stage 1, `params` for
-stage 2) read by `load_rqvae`, `load_rq_transformer` and `python -m rq_jax.sample`. `stage2/config.json`
-points at OUT/stage1 by an absolute `rqvae_workdir` (convert again after moving OUT); text models get
-`stage2/tokenizer.json` and `stage2/tokenizer/` (the vocab/merges files and the tokenizer.json; the config's
-`text.tokenizer`). Also `conversion_report.txt` (what happened to every source tensor) and
+stage 2) read by `rq_jax.runs` (`load_rqvae`, `load_rq_transformer`) and `python -m rq_jax.sample`.
+`stage2/config.json` points at OUT/stage1 by an absolute `rqvae_workdir` (convert again after moving OUT);
+text models get `stage2/tokenizer.json` and `stage2/tokenizer/` (the vocab/merges files and the
+tokenizer.json; the config's `text.tokenizer`). Also `conversion_report.txt` (what happened to every source tensor) and
 `LICENSE_WEIGHTS.txt`. Each stage folder keeps the source yaml as `official_config.yaml`.
 
 Configs: config.yaml (`arch.ddconfig` / `arch.hparams` for stage 1; `arch`, `dataset`, `loss`, `optimizer`,
