@@ -580,8 +580,8 @@ def layout_from_official(stage: str, path: tuple[Any, ...], array: np.ndarray) -
     kernels (in, out), positional embeddings (1, L, C) -> (L, C). Everything else is unchanged.
     """
     if stage == STAGE1:
-        return vae_convert._from_torch_layout(array)
-    return tf_convert._from_official(path, array)
+        return vae_convert.from_torch_layout(array)
+    return tf_convert.from_official_layout(path, array)
 
 
 def _layout_note(src: tuple[int, ...], dst: tuple[int, ...], path: tuple[Any, ...]) -> str:

@@ -48,7 +48,9 @@ def official_name(path: tuple[Any, ...]) -> str:
     return ".".join([*(_MODULE_NAMES.get(m, m) for m in modules), _LEAF_NAMES[leaf]])
 
 
-def _from_official(path: tuple[Any, ...], arr: np.ndarray) -> np.ndarray:
+def from_official_layout(path: tuple[Any, ...], arr: np.ndarray) -> np.ndarray:
+    """An official tensor in the layout of the parameter at `path`: linear (out, in) -> (in, out), (1, L, C)
+    positional embeddings -> (L, C)."""
     leaf = str(path[-1])
     if leaf == "kernel" and arr.ndim == 2:
         return arr.T
@@ -84,7 +86,7 @@ def rq_transformer_state_from_official(
                 f"The state dict has no tensor {name!r} for the model parameter {'/'.join(map(str, path))}."
             )
         src = np.asarray(state_dict[name])
-        arr = _from_official(path, src)
+        arr = from_official_layout(path, src)
         want = tuple(var.get_value().shape)
         if arr.shape != want:
             raise ValueError(

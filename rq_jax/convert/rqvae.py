@@ -36,7 +36,8 @@ def official_name(path: tuple[Any, ...]) -> str:
     return ".".join([*modules, _LEAF_NAMES[leaf]])
 
 
-def _from_torch_layout(arr: np.ndarray) -> np.ndarray:
+def from_torch_layout(arr: np.ndarray) -> np.ndarray:
+    """A PyTorch conv kernel (O, I, kh, kw) as Flax's (kh, kw, I, O); other arrays unchanged."""
     return np.transpose(arr, (2, 3, 1, 0)) if arr.ndim == 4 else arr
 
 
@@ -113,7 +114,7 @@ def rqvae_state_from_official(
                 f"The state dict has no tensor {name!r} for the model parameter {'/'.join(map(str, path))}."
             )
         src = np.asarray(state_dict[name])
-        arr = _from_torch_layout(src)
+        arr = from_torch_layout(src)
         want = _shape(var.get_value())
         if arr.shape != want:
             raise ValueError(
