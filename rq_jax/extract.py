@@ -108,7 +108,7 @@ def extract(rqvae_workdir: str, out_dir: str, *, batch_size: int = 64, flips: bo
             splits: tuple[str, ...] = ("train", "validation"), limit: int | None = None,
             taus: tuple[float, ...] = DEFAULT_TAUS, entropy_targets: tuple[float, ...] = DEFAULT_TARGETS) -> dict:
     """Writes `<out_dir>/<split>.npz` and `meta.json` for a trained stage-1 run; returns the meta dict."""
-    from rq_jax.trainers.rqvae import load_rqvae
+    from rq_jax.runs import load_rqvae
 
     model, config, step = load_rqvae(rqvae_workdir)
     os.makedirs(out_dir, exist_ok=True)

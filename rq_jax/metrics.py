@@ -7,6 +7,7 @@ logging-only writer so multi-host runs write one set of files.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -25,11 +26,17 @@ def create_writer(workdir: str):
 
 
 class Progress:
-    """Steps/s and ETA over a sliding window, formatted as one log line."""
+    """Rate and ETA of a counted loop.
 
-    def __init__(self, total_steps: int, start_step: int = 0):
-        self.total = total_steps
-        self.t_last, self.s_last = time.perf_counter(), start_step
+    `line` is the trainers' log line (steps/s over the window since the previous line); `update` is the
+    evaluation's progress on stderr: "<what> done/total | rate/s | ETA", the rate since the start, printed
+    at most every `every_s` seconds and at the end.
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0, *, what: str = "step", every_s: float = 10.0):
+        self.total, self.what, self.every_s = total_steps, what, every_s
+        self.t0 = self.t_last = self.t_printed = time.perf_counter()
+        self.s0 = self.s_last = start_step
         self.last_rate = 0.0  # steps/s over the window of the last `line`
 
     def line(self, step: int, metrics: dict[str, Any]) -> str:
@@ -40,6 +47,17 @@ class Progress:
         parts = [f"step {step}/{self.total}", f"{rate:.2f} steps/s", f"ETA {format_seconds(eta)}"]
         parts += [f"{k} {float(v):.4g}" for k, v in sorted(metrics.items()) if np.ndim(v) == 0]
         return " | ".join(parts)
+
+    def update(self, done: int, extra: str = "") -> None:
+        """Prints the progress line to stderr unless one was printed under `every_s` ago (the last always is)."""
+        now = time.perf_counter()
+        if now - self.t_printed < self.every_s and done < self.total:
+            return
+        self.t_printed = now
+        rate = (done - self.s0) / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        line = f"{self.what} {done}/{self.total} | {rate:.2f}/s | ETA {format_seconds(eta)}"
+        print(line + (f" | {extra}" if extra else ""), file=sys.stderr, flush=True)
 
 
 def format_seconds(s: float) -> str:

@@ -32,7 +32,7 @@ def data_num_classes(config, default: int) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
-    from rq_jax.generate_eval import load_stage2
+    from rq_jax.runs import load_stage2
 
     run_ = load_stage2(args.workdir, args.step, args.rqvae)  # checks the stage-1 run matches the transformer
     model, config, step, decoder = run_.model, run_.config, run_.step, run_.decoder

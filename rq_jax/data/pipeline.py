@@ -111,7 +111,8 @@ def resolve_config(data_config: Mapping[str, Any] | ml_collections.ConfigDict | 
     return cfg
 
 
-def _cache_dir(cfg: ml_collections.ConfigDict) -> str:
+def cache_dir(cfg: ml_collections.ConfigDict) -> str:
+    """The folder of rendered/downloaded datasets: config.data.data_dir, else $RQ_JAX_DATA_DIR, else ~/.cache/rq_jax."""
     root = cfg.data_dir or os.environ.get("RQ_JAX_DATA_DIR") or os.path.join("~", ".cache", "rq_jax")
     return os.path.expanduser(root)
 
@@ -125,10 +126,10 @@ def _log_once(level: int, message: str) -> None:
         log.log(level, message)
 
 
-def _choose_embedded(cfg: ml_collections.ConfigDict) -> str:
+def choose_embedded(cfg: ml_collections.ConfigDict) -> str:
     """'emoji' when it can be rendered (or is cached), else 'digits', saying so once."""
     size, limit = int(cfg.image_size), cfg.limit
-    cached = os.path.isfile(embedded.cache_path(_cache_dir(cfg), "emoji", size, limit))
+    cached = os.path.isfile(embedded.cache_path(cache_dir(cfg), "emoji", size, limit))
     available, why = embedded.emoji_available(cfg.font_path)
     if cached or available:
         _log_once(
@@ -150,10 +151,10 @@ def _open_source(cfg: ml_collections.ConfigDict, split: str) -> tuple[grain.MapD
     name = cfg.name
     limit = None if cfg.limit is None else int(cfg.limit)
     if name in ("embedded", "emoji", "digits"):
-        which = _choose_embedded(cfg) if name == "embedded" else name
+        which = choose_embedded(cfg) if name == "embedded" else name
         data = embedded.load_embedded(
             which,
-            cache_dir=_cache_dir(cfg),
+            cache_dir=cache_dir(cfg),
             image_size=int(cfg.image_size),
             font_path=cfg.font_path,
             limit=limit,

@@ -342,7 +342,7 @@ def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, tex
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains stage 2 in `workdir` (resuming if it holds checkpoints); returns the last eval scalars."""
     from rq_jax.config_lib import check_known_keys, rqvae_config, transformer_config
-    from rq_jax.trainers.rqvae import load_rqvae
+    from rq_jax.runs import load_rqvae
 
     check_known_keys(config, transformer_config(rqvae_config()))
     os.makedirs(workdir, exist_ok=True)
@@ -458,12 +458,3 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             json.dump(scalars | {"step": step}, f, indent=2)
     return scalars
 
-
-def load_rq_transformer(workdir: str, step: int | None = None) -> tuple[RQTransformer, ml_collections.ConfigDict, int]:
-    """The RQ-Transformer of a stage-2 run directory (abstract build, filled from the checkpoint)."""
-    config = checkpoints.read_run_config(
-        workdir, "rq_transformer", "stage-2", " (sampling needs the stage-2 workdir; the stage-1 one is found from it)"
-    )
-    graph, params = nnx.split(nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(0))))
-    parts, step = checkpoints.restore_parts(workdir, {"params": params}, step)
-    return nnx.merge(graph, parts["params"]), config, step

@@ -372,18 +372,3 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             json.dump({k: float(v) for k, v in scalars.items()} | {"step": step}, f, indent=2)
     return {k: float(v) for k, v in scalars.items()}
 
-
-# ---------------------------------------------------------------------------------------------------
-# 5. Loading a trained model (evaluation, reconstruction, stage 2)
-# ---------------------------------------------------------------------------------------------------
-def load_rqvae(workdir: str, step: int | None = None) -> tuple[RQVAE, ml_collections.ConfigDict, int]:
-    """The RQ-VAE (with its codebook) of a stage-1 run directory, at `step` (default: the latest).
-
-    Reads `<workdir>/config.json` and restores only the generator and codebook from the checkpoint,
-    without random initialisation (the model is built abstractly and filled from the checkpoint).
-    """
-    config = checkpoints.read_run_config(workdir, "rqvae", "stage-1")
-    abstract = nnx.eval_shape(lambda: RQVAE(config.model, rngs=nnx.Rngs(0)))
-    graph, params, codebook = nnx.split(abstract, nnx.Param, CodebookVar)
-    parts, step = checkpoints.restore_parts(workdir, {"gen": params, "codebook": codebook}, step)
-    return nnx.merge(graph, parts["gen"], parts["codebook"]), config, step

@@ -304,8 +304,7 @@ def shrunk_cc3m(tmp_path_factory):
 
 @needs_torch
 def test_shrunk_cc3m_round_trip(shrunk_cc3m):
-    from rq_jax.trainers.rq_transformer import load_rq_transformer
-    from rq_jax.trainers.rqvae import load_rqvae
+    from rq_jax.runs import load_rq_transformer, load_rqvae
 
     out, sd1, sd2 = shrunk_cc3m["out"], shrunk_cc3m["sd1"], shrunk_cc3m["sd2"]
     vae, config1, step = load_rqvae(str(out / "stage1"))
@@ -353,8 +352,7 @@ def test_shrunk_cc3m_round_trip(shrunk_cc3m):
 @needs_torch
 def test_shrunk_ffhq_without_yaml_round_trip(tmp_path):
     """No config.yaml anywhere: the config is inferred from shapes and the stage-1 folder is found as ../stage1."""
-    from rq_jax.trainers.rq_transformer import load_rq_transformer
-    from rq_jax.trainers.rqvae import load_rqvae
+    from rq_jax.runs import load_rq_transformer, load_rqvae
 
     sd1 = random_state_dict(shrink(read_shapes("stage1_ffhq_rqvae_8x8x4"), FFHQ_DIMS), seed=3)
     sd2 = random_state_dict(shrink(read_shapes("ffhq256-rqtransformer-8x8x4-350M"), FFHQ_TF_DIMS, KEEP), seed=4)
@@ -400,8 +398,7 @@ def golden_converted(golden, tmp_path_factory):
 
 @needs_torch
 def test_golden_parity_through_the_cli(golden_converted, golden):
-    from rq_jax.trainers.rq_transformer import load_rq_transformer
-    from rq_jax.trainers.rqvae import load_rqvae
+    from rq_jax.runs import load_rq_transformer, load_rqvae
 
     out = golden_converted["out"]
     vae, _, _ = load_rqvae(str(out / "stage1"))
@@ -596,7 +593,7 @@ class TrainingState:
 def test_ema_weights_and_pickled_entries(golden_converted, tmp_path):
     import torch
 
-    from rq_jax.trainers.rqvae import load_rqvae
+    from rq_jax.runs import load_rqvae
 
     sd1 = golden_converted["sd1"]
     ema = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd1.items()}

@@ -1,4 +1,4 @@
-"""The sample judge (`rq_jax/judge.py`, `python -m rq_jax.evaluate judge`) on a small digits set: it learns,
+"""The sample judge (`rq_jax/eval/judge.py`, `python -m rq_jax.evaluate judge`) on a small digits set: it learns,
 it scores real images with their true classes high and noise with random classes near chance, and its
 feature FID separates the two."""
 
@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from rq_jax import evaluate, judge
+from rq_jax import evaluate
 from rq_jax.data import to_uint8
+from rq_jax.eval import judge
 
 LIMIT = 400  # 360 training, 40 validation images (val_every 10)
 STEPS = 300

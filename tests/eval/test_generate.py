@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rq_jax import evaluate, fid, generate_eval, sharding
+from rq_jax import evaluate, runs, sharding
+from rq_jax.eval import fid, generate
 from rq_jax.models.inception import random_inception_arrays, save_inception
 from rq_jax.sampling import sample_codes
 
@@ -61,9 +62,9 @@ def test_fid_to_statistics_equals_fid_between_features(n):
 
 
 def test_balanced_classes():
-    labels = generate_eval.balanced_classes(23, 10)
+    labels = generate.balanced_classes(23, 10)
     assert np.bincount(labels).tolist() == [3, 3, 3] + [2] * 7
-    assert np.bincount(generate_eval.balanced_classes(50000, 1000)).tolist() == [50] * 1000
+    assert np.bincount(generate.balanced_classes(50000, 1000)).tolist() == [50] * 1000
 
 
 def test_conditions_for_text_and_unconditional_models(tmp_path):
@@ -73,16 +74,16 @@ def test_conditions_for_text_and_unconditional_models(tmp_path):
 
     tok = train_tokenizer(["red apple", "police car", "grinning face", "sun"], 40, str(tmp_path / "tokenizer.json"))
     (tmp_path / "prompts.txt").write_text("red apple\n\n  sun  \npolice car\n")
-    prompts = generate_eval.read_prompts(str(tmp_path / "prompts.txt"))
+    prompts = generate.read_prompts(str(tmp_path / "prompts.txt"))
     assert prompts == ["red apple", "sun", "police car"]
     config = ml_collections.ConfigDict({"model": {"text_len": 4}})
-    stub = lambda kind: generate_eval.Stage2Run(type("M", (), {"cond_kind": kind})(), config, 0, None, "", {})
-    cond, info = generate_eval.conditions(stub("text"), 7, prompts=prompts, workdir=str(tmp_path))
+    stub = lambda kind: runs.Stage2Run(type("M", (), {"cond_kind": kind})(), config, 0, None, "", {})
+    cond, info = generate.conditions(stub("text"), 7, prompts=prompts, workdir=str(tmp_path))
     np.testing.assert_array_equal(cond, encode_texts(tok, prompts, 4)[np.arange(7) % 3])
     assert info == {"cond": "text", "num_prompts": 3}
-    assert generate_eval.conditions(stub("none"), 7) == (None, {"cond": "none"})
+    assert generate.conditions(stub("none"), 7) == (None, {"cond": "none"})
     with pytest.raises(ValueError, match="give --prompts FILE"):
-        generate_eval.conditions(stub("text"), 7, workdir=str(tmp_path))
+        generate.conditions(stub("text"), 7, workdir=str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,15 +147,15 @@ def test_generate_is_deterministic_and_reads_statistics(generated):
 def test_sharded_sampler_equals_sampling_on_one_device(tiny_stage2_runs):
     """Device j of the sharded sampler gives exactly what `sample_codes` gives for its rows and key."""
     root, _, _ = tiny_stage2_runs
-    run = generate_eval.load_stage2(str(root / "transformer"))
-    cfg = generate_eval.sampling_config_for(run.config, top_k="8", cfg_scale=1.5)
+    run = runs.load_stage2(str(root / "transformer"))
+    cfg = generate.sampling_config_for(run.config, top_k="8", cfg_scale=1.5)
     assert cfg.top_k == 8 and cfg.top_p == run.config.sample.top_p
     mesh = sharding.mesh_from_config({"data": -1})
-    cond, info = generate_eval.conditions(run, 8, num_classes=4)
+    cond, info = generate.conditions(run, 8, num_classes=4)
     assert info["class_counts"] == [2, 2, 2, 2]
     keys = jax.random.split(jax.random.key(3), 8)
     bsh = sharding.batch_sharding(mesh)
-    codes, images = generate_eval.make_sampler(run, mesh, batch=8, cfg=cfg)(jax.device_put(cond, bsh),
+    codes, images = generate.make_sampler(run, mesh, batch=8, cfg=cfg)(jax.device_put(cond, bsh),
                                                                           jax.device_put(keys, bsh))
     assert len(codes.sharding.device_set) == 8 and images.shape == (8, 32, 32, 3)
     codebook = run.decoder.codebook_state.embedding_KxC

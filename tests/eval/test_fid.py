@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import linalg, stats
 
-from rq_jax import fid
+from rq_jax.eval import fid
 
 
 def reference_fid(f1, f2):

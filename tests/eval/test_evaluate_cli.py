@@ -15,7 +15,10 @@ from flax import nnx
 from PIL import Image
 from scipy import ndimage
 
-from rq_jax import evaluate, fid
+from rq_jax import evaluate
+from rq_jax.eval import fid
+from rq_jax.eval.image_sets import compute_fid
+from rq_jax.eval.recon import ssim
 from rq_jax.models.inception import random_inception_arrays, save_inception
 from rq_jax.models.lpips import lpips_checkpoint_shapes, save_lpips
 
@@ -49,11 +52,11 @@ def test_ssim_matches_the_scipy_reference():
     y = np.clip(x + r.normal(scale=[[[[0.05]]], [[[0.3]]], [[[1.0]]]], size=x.shape), -1, 1)
     want = reference_ssim(x, y)
     assert want[0] > want[1] > want[2]
-    np.testing.assert_allclose(evaluate.ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)), want,
+    np.testing.assert_allclose(ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)), want,
                                atol=2e-5)
-    np.testing.assert_allclose(evaluate.ssim(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(ssim(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="at least"):
-        evaluate.ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)))
+        ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ def test_fid_between_image_sets_and_from_statistics(weights, tmp_path):
     f1, f2 = rs.normal(size=(30, 8)), rs.normal(size=(40, 8)) + 0.5
     fid.save_statistics(tmp_path / "a.npz", *fid.activation_statistics(f1))
     fid.save_statistics(tmp_path / "b.npz", *fid.activation_statistics(f2))
-    result = evaluate.compute_fid(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), weights[1])
+    result = compute_fid(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), weights[1])
     assert result["fid"] == pytest.approx(fid.frechet_distance_from_features(f1, f2), rel=1e-9)
     assert "inception_score" not in result
 

@@ -17,7 +17,6 @@ size and the device count: the same three give the same images. One process (one
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -33,47 +32,13 @@ from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from rq_jax import fid as fid_lib
 from rq_jax import sharding
+from rq_jax.eval import fid as fid_lib
+from rq_jax.eval.image_sets import set_activations, set_statistics
+from rq_jax.eval.io import image_files, npz_images, write_pngs
+from rq_jax.metrics import Progress
+from rq_jax.runs import Stage2Run, load_stage2
 from rq_jax.sampling import SamplingConfig, parse_per_depth, sample_codes
-
-
-class Stage2Run(NamedTuple):
-    """A trained stage-2 model with the stage-1 model that decodes its codes."""
-
-    model: Any  # RQTransformer
-    config: ml_collections.ConfigDict
-    step: int
-    decoder: Any  # RQVAE
-    rqvae_workdir: str
-    meta: dict  # the feature directory's meta.json ({} when unavailable, e.g. converted checkpoints)
-
-
-def load_stage2(workdir: str, step: int | None = None, rqvae: str | None = None) -> Stage2Run:
-    """The RQ-Transformer of a stage-2 run and the RQ-VAE of its stage-1 run (checked to match)."""
-    from rq_jax.data.features import load_meta
-    from rq_jax.trainers.rq_transformer import load_rq_transformer
-    from rq_jax.trainers.rqvae import load_rqvae
-
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"The workdir {workdir!r} does not exist; give the --workdir of a stage-2 run.")
-    model, config, step = load_rq_transformer(workdir, step)
-    meta: dict = {}
-    features_dir = config.get("data", {}).get("features_dir", "")
-    if features_dir and os.path.exists(os.path.join(features_dir, "meta.json")):
-        meta = load_meta(features_dir)
-    rqvae_dir = rqvae or config.get("rqvae_workdir") or meta.get("rqvae_workdir")
-    if not rqvae_dir:
-        raise FileNotFoundError(f"The stage-2 run {workdir} names no stage-1 run; pass it with --rqvae.")
-    decoder, rq_config, _ = load_rqvae(rqvae_dir)
-    if tuple(rq_config.model.code_shape) != tuple(model.code_shape) or \
-            int(rq_config.model.codebook_size) != model.vocab_size:
-        raise ValueError(
-            f"The RQ-VAE in {rqvae_dir} has code shape {tuple(rq_config.model.code_shape)} and K="
-            f"{rq_config.model.codebook_size}, but the transformer expects {model.code_shape} and K={model.vocab_size};"
-            " pass the stage-1 run it was trained on with --rqvae."
-        )
-    return Stage2Run(model, config, int(step), decoder, rqvae_dir, meta)
 
 
 def sampling_config_for(config: ml_collections.ConfigDict, *, temperature: str | float | None = None,
@@ -198,19 +163,109 @@ def make_inception_fn(inception: nnx.Module, mesh: Mesh) -> Callable[[Any], Any]
     return fn
 
 
-def _check_ref(ref: str, want_features: bool) -> None:
+def check_ref(ref: str, want_features: bool) -> None:
     """Fails fast (before any sampling) on a missing reference or statistics where features are needed."""
-    from rq_jax.evaluate import _image_files, _npz_images
-
     if os.path.isdir(ref):
-        _image_files(ref)
+        image_files(ref)
         return
     if not os.path.isfile(ref) or not ref.endswith(".npz"):
         raise FileNotFoundError(f"--ref {ref!r} is neither an image folder nor an .npz (images or mu/sigma).")
-    if _npz_images(ref) is None:
+    if npz_images(ref) is None:
         fid_lib.load_statistics(ref)  # a clear error for an .npz that is neither
         if want_features:
             raise ValueError(f"--precision_recall needs reference images, but {ref!r} holds only statistics.")
+
+
+class _Samples(NamedTuple):
+    """What the sampling loop gathers: Inception outputs, the images when kept, devices and time used."""
+
+    pools: np.ndarray  # [N, 2048] float32
+    logits: np.ndarray  # [N, 1008] float32
+    images: np.ndarray | None  # uint8 [N, H, W, 3] when an .npz is written, else None
+    num_devices: int
+    seconds: float
+
+
+def _sample_and_embed(run: Stage2Run, mesh: Mesh, cfg: SamplingConfig, cond_N: np.ndarray, *, num: int, batch: int,
+                      seed: int, inc_fn: Callable, save_images: str | None, keep_images: bool,
+                      progress_every_s: float) -> _Samples:
+    """Samples `num` images in batches of `batch` over the mesh and runs the Inception network on them."""
+    ndev = sharding.data_parallel_size(mesh)
+    num_batches = -(-num // batch)
+    sampler = make_sampler(run, mesh, batch=batch, cfg=cfg)
+    bsh = sharding.batch_sharding(mesh)
+    cond_pad = np.concatenate([cond_N, np.repeat(cond_N[:1], num_batches * batch - num, axis=0)])
+    if save_images:
+        os.makedirs(save_images, exist_ok=True)
+    all_images = None
+    pools, logits = [], []
+    devices_used: set = set()
+    progress = Progress(num, what="sample", every_s=progress_every_s)
+    t0 = time.perf_counter()
+    for i in range(num_batches):
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), i), ndev)
+        cond = jax.device_put(cond_pad[i * batch : (i + 1) * batch], bsh)
+        _, images_u8 = sampler(cond, jax.device_put(keys, bsh))
+        out = inc_fn(images_u8)
+        devices_used |= set(images_u8.sharding.device_set)
+        n = min(batch, num - i * batch)
+        pools.append(np.asarray(out.pool, np.float32)[:n])
+        logits.append(np.asarray(out.logits_unbiased, np.float32)[:n])
+        if save_images or keep_images:
+            host = np.asarray(images_u8)[:n]
+            if keep_images:
+                if all_images is None:
+                    all_images = np.zeros((num, *host.shape[1:]), np.uint8)
+                all_images[i * batch : i * batch + n] = host
+            if save_images:
+                write_pngs(save_images, host, i * batch)
+        progress.update(i * batch + n)
+    return _Samples(np.concatenate(pools), np.concatenate(logits), all_images, len(devices_used),
+                    time.perf_counter() - t0)
+
+
+def _reference(ref: str, inc_fn: Callable, batch: int, save_ref_stats: str | None
+               ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, float]:
+    """(features or None for a statistics file, mu, sigma, seconds) of the reference set."""
+    t0 = time.perf_counter()
+    feats, _ = set_activations(ref, inc_fn, batch)
+    seconds = time.perf_counter() - t0
+    mu, sigma = set_statistics(ref, feats)
+    if save_ref_stats:
+        fid_lib.save_statistics(save_ref_stats, mu, sigma)
+    return feats, mu, sigma, seconds
+
+
+def _scores(ref: tuple, samples: _Samples, *, num: int, is_splits: int, precision_recall: bool, pr_k: int
+            ) -> dict[str, Any]:
+    """FID against the reference (features or statistics), IS and optionally precision/recall."""
+    ref_feats, ref_mu, ref_sigma, _ = ref
+    fake = samples.pools
+    result: dict[str, Any] = {}
+    if ref_feats is not None:
+        result["num_ref"] = int(ref_feats.shape[0])
+        result["fid"] = fid_lib.frechet_distance_from_features(ref_feats, fake)
+    else:
+        result["fid"] = fid_lib.frechet_distance_to_statistics(fake, ref_mu, ref_sigma)
+    splits = max(1, min(is_splits, num // 2))
+    result["inception_score"], result["inception_score_std"] = fid_lib.inception_score(samples.logits, splits)
+    result["inception_score_splits"] = splits
+    if precision_recall:
+        result["precision"], result["recall"] = fid_lib.precision_recall(ref_feats, fake, k=pr_k)
+        result["precision_recall_k"] = pr_k
+    if num < 50000:
+        result["note"] = f"{num} samples: FID/IS are only comparable to others at the same N (papers use 50k)"
+    return result
+
+
+def _save_npz(path: str, images_u8: np.ndarray, labels: np.ndarray | None) -> None:
+    """ADM's sample-batch layout: arr_0 the uint8 images, arr_1 the class labels (class models only)."""
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    extra = {"arr_1": labels} if labels is not None else {}
+    with open(path, "wb") as f:  # a file object keeps np.savez from appending ".npz"
+        np.savez(f, arr_0=images_u8, **extra)
 
 
 def generate_and_evaluate(
@@ -238,12 +293,11 @@ def generate_and_evaluate(
     progress_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """Samples `num` images from a stage-2 run and scores them against `ref` (see the module docstring)."""
-    from rq_jax.evaluate import _Progress, _set_activations
     from rq_jax.models.inception import load_inception
 
     if num < 2:
         raise ValueError(f"--num must be at least 2 (a covariance needs two samples), got {num}.")
-    _check_ref(ref, precision_recall)
+    check_ref(ref, precision_recall)
     prompts = read_prompts(prompts_file) if prompts_file else None
     inception = load_inception(inception_path)
     run = load_stage2(workdir, step, rqvae)
@@ -254,93 +308,31 @@ def generate_and_evaluate(
     mesh = sharding.mesh_from_config({"data": -1})
     ndev = sharding.data_parallel_size(mesh)
     batch = -(-max(1, batch_size) // ndev) * ndev
-    num_batches = -(-num // batch)
     inc_fn = make_inception_fn(inception, mesh)
-    t0 = time.perf_counter()
-    ref_feats, _ = _set_activations(ref, inc_fn, batch)
-    ref_seconds = time.perf_counter() - t0
-    if ref_feats is None:
-        ref_mu, ref_sigma = fid_lib.load_statistics(ref)
-    else:
-        ref_mu, ref_sigma = fid_lib.activation_statistics(ref_feats)
-    if save_ref_stats:
-        fid_lib.save_statistics(save_ref_stats, ref_mu, ref_sigma)
-
-    sampler = make_sampler(run, mesh, batch=batch, cfg=cfg)
-    bsh = sharding.batch_sharding(mesh)
-    if cond_N is None:
-        cond_N = np.zeros((num,), np.int32)  # a placeholder the unconditional sampler ignores
-    cond_pad = np.concatenate([cond_N, np.repeat(cond_N[:1], num_batches * batch - num, axis=0)])
-    print(f"generate: {num} samples of {workdir} (step {run.step}) in {num_batches} batches of {batch} over "
+    reference = _reference(ref, inc_fn, batch, save_ref_stats)
+    print(f"generate: {num} samples of {workdir} (step {run.step}) in {-(-num // batch)} batches of {batch} over "
           f"{ndev} device(s) ({jax.devices()[0].platform}); {cfg}", file=sys.stderr, flush=True)
-    if save_images:
-        os.makedirs(save_images, exist_ok=True)
-    all_images = None
-    pools, logits = [], []
-    devices_used: set = set()
-    progress = _Progress(num, "sample", every_s=progress_every_s)
-    t0 = time.perf_counter()
-    for i in range(num_batches):
-        keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), i), ndev)
-        cond = jax.device_put(cond_pad[i * batch : (i + 1) * batch], bsh)
-        _, images_u8 = sampler(cond, jax.device_put(keys, bsh))
-        out = inc_fn(images_u8)
-        devices_used |= set(images_u8.sharding.device_set)
-        n = min(batch, num - i * batch)
-        pools.append(np.asarray(out.pool, np.float32)[:n])
-        logits.append(np.asarray(out.logits_unbiased, np.float32)[:n])
-        if save_images or save_npz:
-            host = np.asarray(images_u8)[:n]
-            if save_npz:
-                if all_images is None:
-                    all_images = np.zeros((num, *host.shape[1:]), np.uint8)
-                all_images[i * batch : i * batch + n] = host
-            if save_images:
-                _write_pngs(save_images, host, i * batch)
-        progress.update(i * batch + n)
-    sample_seconds = time.perf_counter() - t0
-
-    fake = np.concatenate(pools)
+    placeholder = np.zeros((num,), np.int32)  # a condition the unconditional sampler ignores
+    samples = _sample_and_embed(run, mesh, cfg, placeholder if cond_N is None else cond_N, num=num, batch=batch,
+                                seed=seed, inc_fn=inc_fn, save_images=save_images, keep_images=bool(save_npz),
+                                progress_every_s=progress_every_s)
     result: dict[str, Any] = {
         "workdir": workdir, "step": run.step, "rqvae_workdir": run.rqvae_workdir, "num_samples": num, "seed": seed,
-        "batch_size": batch, "num_devices": len(devices_used), "platform": jax.devices()[0].platform,
+        "batch_size": batch, "num_devices": samples.num_devices, "platform": jax.devices()[0].platform,
         "sampling": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
         **cond_info,
         "ref": ref, "inception": inception_path,
-        "sample_seconds": sample_seconds, "samples_per_second": num / max(sample_seconds, 1e-9),
-        "ref_seconds": ref_seconds,
+        "sample_seconds": samples.seconds, "samples_per_second": num / max(samples.seconds, 1e-9),
+        "ref_seconds": reference[3],
     }
-    if ref_feats is not None:
-        result["num_ref"] = int(ref_feats.shape[0])
-        result["fid"] = fid_lib.frechet_distance_from_features(ref_feats, fake)
-    else:
-        result["fid"] = fid_lib.frechet_distance_to_statistics(fake, ref_mu, ref_sigma)
-    splits = max(1, min(is_splits, num // 2))
-    result["inception_score"], result["inception_score_std"] = fid_lib.inception_score(np.concatenate(logits), splits)
-    result["inception_score_splits"] = splits
-    if precision_recall:
-        result["precision"], result["recall"] = fid_lib.precision_recall(ref_feats, fake, k=pr_k)
-        result["precision_recall_k"] = pr_k
-    if num < 50000:
-        result["note"] = f"{num} samples: FID/IS are only comparable to others at the same N (papers use 50k)"
+    result.update(_scores(reference, samples, num=num, is_splits=is_splits, precision_recall=precision_recall,
+                          pr_k=pr_k))
     if save_npz:
-        folder = os.path.dirname(save_npz)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        extra = {"arr_1": cond_N} if cond_info["cond"] == "class" else {}
-        with open(save_npz, "wb") as f:  # ADM's sample-batch layout: arr_0 images, arr_1 labels
-            np.savez(f, arr_0=all_images, **extra)
+        _save_npz(save_npz, samples.images, cond_N if cond_info["cond"] == "class" else None)
         result["samples_npz"] = save_npz
     if save_images:
         result["samples_dir"] = save_images
     return result
-
-
-def _write_pngs(folder: str, images_u8: np.ndarray, start: int) -> None:
-    from PIL import Image
-
-    for j, image in enumerate(images_u8):
-        Image.fromarray(image).save(os.path.join(folder, f"{start + j:06d}.png"))
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -356,54 +348,3 @@ def format_report(result: dict[str, Any]) -> str:
     if "note" in result:
         lines.append(f"note: {result['note']}")
     return "\n".join(lines)
-
-
-def run_cli(args: argparse.Namespace) -> None:
-    """The `generate` subcommand: runs, prints the report and writes the JSON."""
-    from rq_jax.evaluate import _write_json
-
-    result = generate_and_evaluate(
-        args.workdir, ref=args.ref, inception_path=args.inception, num=args.num, batch_size=args.batch_size,
-        seed=args.seed, step=args.step, rqvae=args.rqvae, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, cfg_scale=args.cfg_scale, num_classes=args.num_classes, prompts_file=args.prompts,
-        save_images=args.save_images, save_npz=args.save_npz, save_ref_stats=args.save_ref_stats,
-        precision_recall=args.precision_recall, pr_k=args.pr_k, is_splits=args.is_splits,
-    )
-    out = args.out or os.path.join(args.workdir, f"generate_metrics_{result['step']}_{result['num_samples']}.json")
-    _write_json(out, result)
-    print(format_report(result))
-    print(f"wrote {out}")
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Adds the `generate` subcommand to `python -m rq_jax.evaluate`'s subparsers."""
-    g = sub.add_parser("generate", help="sample N images from a stage-2 run (sharded over all devices), FID/IS")
-    g.add_argument("--workdir", required=True, help="stage-2 run directory (trained or converted)")
-    g.add_argument("--ref", required=True, help="reference: image folder, image .npz (arr_0) or statistics .npz "
-                   "(mu, sigma: pytorch-fid's / ADM's files)")
-    g.add_argument("--inception", required=True, help="Inception weights (.npz from python -m rq_jax.convert "
-                   "inception)")
-    g.add_argument("--num", type=int, default=50000, help="number of samples (the paper: 50000)")
-    g.add_argument("--batch_size", type=int, default=256, help="samples per step over all devices (rounded up "
-                   "to a multiple of the device count)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--step", type=int, default=None, help="stage-2 checkpoint step (default: the latest)")
-    g.add_argument("--rqvae", default=None, help="the stage-1 run (default: the one in the stage-2 config)")
-    g.add_argument("--top_k", default=None, help="default: the run's config.sample.top_k; one value or per depth")
-    g.add_argument("--top_p", default=None, help="default: config.sample.top_p")
-    g.add_argument("--temperature", default=None, help="default: config.sample.temperature")
-    g.add_argument("--cfg_scale", type=float, default=None, help="default: config.sample.cfg_scale")
-    g.add_argument("--num_classes", type=int, default=None, help="class models: balance over classes "
-                   "0..C-1 (default: the dataset's classes from the features' meta.json, else the model's)")
-    g.add_argument("--prompts", default=None, help="text models: a file with one prompt per line (cycled)")
-    g.add_argument("--save_images", default=None, help="also write every sample as DIR/NNNNNN.png")
-    g.add_argument("--save_npz", default=None, help="also write the samples as an .npz (arr_0 uint8 images, "
-                   "arr_1 labels: ADM's layout; all N images are held in memory)")
-    g.add_argument("--save_ref_stats", default=None, help="write the reference's mu/sigma to this .npz")
-    g.add_argument("--precision_recall", action="store_true", help="also improved precision/recall (needs "
-                   "reference images, not statistics)")
-    g.add_argument("--pr_k", type=int, default=3, help="k of the precision/recall k-NN radii")
-    g.add_argument("--is_splits", type=int, default=10)
-    g.add_argument("--out", default=None, help="JSON output (default: <workdir>/generate_metrics_<step>_<N>.json)")
-    g.set_defaults(run=run_cli)
-    return g

@@ -159,6 +159,33 @@ def predict(model: JudgeCNN, images: np.ndarray, *, batch_size: int = 256) -> tu
     return np.concatenate(logits), np.concatenate(feats)
 
 
+def _make_train_step(num_classes: int, size: int, flip: bool) -> Any:
+    """The jitted AdamW step: augment, label-smoothed cross-entropy; returns (loss, batch accuracy)."""
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y, key):
+        x = _augment(x, key, max_shift=max(1, size // 16), flip=flip)
+
+        def loss_fn(model):
+            logits = model(x)
+            targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), 0.1)
+            return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return loss, jnp.mean(jnp.argmax(logits, -1) == y)
+
+    return train_step
+
+
+def _sampling_probs(labels_N: np.ndarray, num_classes: int, balanced: bool) -> np.ndarray:
+    """Per-image draw probabilities: 1 / (its class count) when `balanced`, so rare classes (the emoji are
+    59% "people & body") are learnt and every requested class is judged fairly; else uniform."""
+    counts = np.bincount(labels_N, minlength=num_classes)
+    probs = 1.0 / counts[labels_N] if balanced else np.ones(labels_N.shape[0])
+    return probs / probs.sum()
+
+
 def train_judge(
     data_config: Mapping[str, Any] | Any,
     *,
@@ -187,35 +214,17 @@ def train_judge(
     x_val, y_val, _ = load_split(cfg, "validation", max_images=max_images)
     if info.num_classes < 2 or (y_train < 0).any():
         raise ValueError(f"{info.description} has no class labels: a judge needs labelled data.")
-    size = int(x_train.shape[1])
-    model = JudgeCNN(info.num_classes, width=width, feature_dim=feature_dim, image_size=size, rngs=nnx.Rngs(seed))
+    size, num_classes = int(x_train.shape[1]), info.num_classes
+    model = JudgeCNN(num_classes, width=width, feature_dim=feature_dim, image_size=size, rngs=nnx.Rngs(seed))
     warmup = max(1, min(50, steps // 10))
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=lr * 0.02)
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=1e-4), wrt=nnx.Param)
-    flip = bool(cfg.random_flip)
-    num_classes = info.num_classes
-
-    @nnx.jit
-    def train_step(model, optimizer, x, y, key):
-        x = _augment(x, key, max_shift=max(1, size // 16), flip=flip)
-
-        def loss_fn(model):
-            logits = model(x)
-            targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), 0.1)
-            return optax.softmax_cross_entropy(logits, targets).mean(), logits
-
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        optimizer.update(model, grads)
-        return loss, jnp.mean(jnp.argmax(logits, -1) == y)
+    train_step = _make_train_step(num_classes, size, bool(cfg.random_flip))
 
     rng = np.random.default_rng(seed)
     key = jax.random.key(seed)
     bs = min(batch_size, x_train.shape[0])
-    # class-balanced sampling: each image drawn with probability 1 / (its class count), so rare classes
-    # (the emoji are 59% "people & body") are learnt and every requested class is judged fairly
-    counts = np.bincount(y_train, minlength=num_classes)
-    probs = 1.0 / counts[y_train] if balanced else np.ones(y_train.shape[0])
-    probs = probs / probs.sum()
+    probs = _sampling_probs(y_train, num_classes, balanced)
     for step in range(steps):
         idx = rng.choice(x_train.shape[0], bs, replace=True, p=probs)
         loss, acc = train_step(model, optimizer, jnp.asarray(x_train[idx]), jnp.asarray(y_train[idx]),
@@ -288,45 +297,27 @@ def load_judge(path: str) -> tuple[JudgeCNN, dict[str, Any]]:
 
 def default_judge_path(data_config: Any) -> str:
     """Where the CLI caches a judge for a data config: next to the embedded dataset cache."""
-    from rq_jax.data.pipeline import _cache_dir, _choose_embedded, resolve_config
+    from rq_jax.data.pipeline import cache_dir, choose_embedded, resolve_config
 
     cfg = resolve_config(data_config)
-    name = _choose_embedded(cfg) if cfg.name == "embedded" else cfg.name
+    name = choose_embedded(cfg) if cfg.name == "embedded" else cfg.name
     if name in ("folder", "tfds"):
         src = os.path.abspath(str(cfg.folder)) if name == "folder" else str(cfg.tfds_name)
         name = f"{name}_{hashlib.sha1(src.encode()).hexdigest()[:8]}"  # a stable cache key per source
     if name == "emoji" and not cfg.get("skin_tones", True):
         name += "_no_skin_tones"  # another image set: another judge
     limit = f"_n{int(cfg.limit)}" if cfg.limit is not None else ""
-    return os.path.join(_cache_dir(cfg), f"judge_{name}_{int(cfg.image_size)}{limit}_v{int(cfg.val_every)}.npz")
+    return os.path.join(cache_dir(cfg), f"judge_{name}_{int(cfg.image_size)}{limit}_v{int(cfg.val_every)}.npz")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Judging samples
 # ---------------------------------------------------------------------------------------------------
-def judge_samples(
-    samples_path: str,
-    data_config: Any,
-    *,
-    judge_path: str | None = None,
-    train_steps: int = 1200,
-    seed: int = 0,
-    max_images: int | None = 50_000,
-    requested_classes: list[int] | None = None,
-) -> dict[str, Any]:
-    """Conditional accuracy and demo FID of a sample `.npz` (`images` uint8 [N, H, W, 3], `cond` int [N]).
+def read_samples(samples_path: str, requested_classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, H, W, 3], requested class [N]) of a sample `.npz` (`images`, `cond`).
 
-    `requested_classes` (one class id per grid row, rows of equal size) replaces `cond`: how text-conditional
-    samples are judged, e.g. the rows of "red apple" and "police car" as food & drink and travel & places.
-
-    The judge at `judge_path` (default: `default_judge_path`) is trained there first when missing. The
-    FID floor, real validation vs training features, is given at the validation split's size and, when
-    there are fewer samples, on a random validation subset of the samples' size (FID is biased upwards
-    at small N, so compare the samples with that one).
+    `requested_classes` (one class id per grid row, rows of equal size) replaces `cond`.
     """
-    from rq_jax import fid as fid_lib
-    from rq_jax.data.pipeline import resolve_config
-
     if not os.path.isfile(samples_path):
         raise FileNotFoundError(f"The samples file {samples_path!r} does not exist; write one with "
                                 "`python -m rq_jax.sample --workdir STAGE2 --classes ... --out s.png`.")
@@ -350,19 +341,68 @@ def judge_samples(
     if cond.shape != (images.shape[0],):
         raise ValueError(f"{samples_path!r}: 'cond' must hold one requested class per image ({images.shape[0]}), "
                          f"got shape {cond.shape}; unconditional samples cannot be judged for class accuracy.")
+    return images, cond
 
+
+def load_or_train_judge(data_config: Any, judge_path: str, *, train_steps: int, seed: int,
+                        max_images: int | None) -> tuple[JudgeCNN, bool]:
+    """(the judge at `judge_path`, whether it was trained now): trained and saved there first when missing."""
+    if os.path.isfile(judge_path):
+        return load_judge(judge_path)[0], False
+    print(f"training a judge ({train_steps} steps) on the real data, cached at {judge_path}", file=sys.stderr,
+          flush=True)
+    train_judge(data_config, steps=train_steps, seed=seed, out_path=judge_path, max_images=max_images)
+    return load_judge(judge_path)[0], True
+
+
+def _per_class(cond: np.ndarray, hit: np.ndarray, names: list[str], val_recall: dict) -> dict[str, Any]:
+    """Per requested class: how many samples, the fraction judged as it, the judge's recall on real images."""
+    out = {}
+    for c in np.unique(cond):
+        sel = cond == c
+        out[names[int(c)]] = {"class": int(c), "num": int(sel.sum()), "fraction_classified_as_requested":
+                              float(hit[sel].mean()), "judge_recall_on_real_val": val_recall.get(c)}
+    return out
+
+
+def _demo_fids(f_train: np.ndarray, f_samples: np.ndarray, f_val: np.ndarray, seed: int) -> dict[str, float]:
+    """Demo FID of the samples vs the training features, and the real-validation floor (also at the samples' N)."""
+    from rq_jax.eval import fid as fid_lib
+
+    out = {"demo_fid": fid_lib.frechet_distance_from_features(f_train, f_samples),
+           "demo_fid_real_val": fid_lib.frechet_distance_from_features(f_train, f_val)}
+    if f_samples.shape[0] < f_val.shape[0]:
+        sub = np.random.default_rng(seed).choice(f_val.shape[0], f_samples.shape[0], replace=False)
+        out["demo_fid_real_val_same_n"] = fid_lib.frechet_distance_from_features(f_train, f_val[sub])
+    return out
+
+
+def judge_samples(
+    samples_path: str,
+    data_config: Any,
+    *,
+    judge_path: str | None = None,
+    train_steps: int = 1200,
+    seed: int = 0,
+    max_images: int | None = 50_000,
+    requested_classes: list[int] | None = None,
+) -> dict[str, Any]:
+    """Conditional accuracy and demo FID of a sample `.npz` (`images` uint8 [N, H, W, 3], `cond` int [N]).
+
+    `requested_classes` (one class id per grid row, rows of equal size) replaces `cond`: how text-conditional
+    samples are judged, e.g. the rows of "red apple" and "police car" as food & drink and travel & places.
+
+    The judge at `judge_path` (default: `default_judge_path`) is trained there first when missing. The
+    FID floor, real validation vs training features, is given at the validation split's size and, when
+    there are fewer samples, on a random validation subset of the samples' size (FID is biased upwards
+    at small N, so compare the samples with that one).
+    """
+    from rq_jax.data.pipeline import resolve_config
+
+    images, cond = read_samples(samples_path, requested_classes)
     cfg = resolve_config(data_config)
     judge_path = judge_path or default_judge_path(cfg)
-    if os.path.isfile(judge_path):
-        model, meta = load_judge(judge_path)
-        trained = False
-    else:
-        print(f"training a judge ({train_steps} steps) on the real data, cached at {judge_path}", file=sys.stderr,
-              flush=True)
-        train_judge(cfg, steps=train_steps, seed=seed, out_path=judge_path, max_images=max_images)
-        model, meta = load_judge(judge_path)
-        trained = True
-
+    model, trained = load_or_train_judge(cfg, judge_path, train_steps=train_steps, seed=seed, max_images=max_images)
     x_train, _, info = load_split(cfg, "train", max_images=max_images)
     x_val, y_val, _ = load_split(cfg, "validation", max_images=max_images)
     if info.num_classes != model.num_classes:
@@ -373,16 +413,9 @@ def judge_samples(
     _, f_train = predict(model, x_train)
     val_logits, f_val = predict(model, x_val)
     logits, f_samples = predict(model, images)
-    pred = np.argmax(logits, -1)
-    hit = pred == cond
-    names = list(info.class_names)
+    hit = np.argmax(logits, -1) == cond
     val_pred = np.argmax(val_logits, -1)
     val_recall = {c: float(np.mean(val_pred[y_val == c] == c)) for c in np.unique(y_val)}
-    per_class = {}
-    for c in np.unique(cond):
-        sel = cond == c
-        per_class[names[int(c)]] = {"class": int(c), "num": int(sel.sum()), "fraction_classified_as_requested":
-                                    float(hit[sel].mean()), "judge_recall_on_real_val": val_recall.get(c)}
     result: dict[str, Any] = {
         "samples": samples_path,
         "num_samples": int(images.shape[0]),
@@ -395,14 +428,10 @@ def judge_samples(
         "num_val": int(y_val.shape[0]),
         "conditional_accuracy": float(hit.mean()),
         "chance": 1.0 / model.num_classes,
-        "per_class": per_class,
+        "per_class": _per_class(cond, hit, list(info.class_names), val_recall),
         "feature_extractor": FEATURE_DESCRIPTION,
-        "demo_fid": fid_lib.frechet_distance_from_features(f_train, f_samples),
-        "demo_fid_real_val": fid_lib.frechet_distance_from_features(f_train, f_val),
+        **_demo_fids(f_train, f_samples, f_val, seed),
     }
-    if images.shape[0] < f_val.shape[0]:
-        sub = np.random.default_rng(seed).choice(f_val.shape[0], images.shape[0], replace=False)
-        result["demo_fid_real_val_same_n"] = fid_lib.frechet_distance_from_features(f_train, f_val[sub])
     result["note"] = ("demo FID: Fréchet distance of the judge's features of the samples vs the real training "
                       "images, only comparable with the real-validation floor at the same number of images "
                       "(demo_fid_real_val_same_n), not with Inception FIDs.")
