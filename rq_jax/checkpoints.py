@@ -187,10 +187,13 @@ def restore_parts(workdir: str, abstract_parts: dict[str, Any], step: int | None
     model can be rebuilt with `nnx.eval_shape` and filled (no random init).
     """
     ckpt = Checkpointer(workdir, with_data=False, async_save=False)
-    step = ckpt.latest_step() if step is None else step
+    steps = sorted(ckpt.manager.all_steps())
     ckpt.close()
-    if step is None:
+    if not steps:
         raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; train first or pass another --workdir.")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"{ckpt.directory} has no step {step}; its steps are {', '.join(map(str, steps))}.")
+    step = steps[-1] if step is None else step
     where = ckpt.directory / str(step)
     try:
         reader = ocp.StandardCheckpointer()

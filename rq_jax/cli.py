@@ -42,17 +42,18 @@ def exit_code(error: BaseException) -> int:
     return 2 if isinstance(error, UsageError) else 130 if isinstance(error, KeyboardInterrupt) else 1
 
 
-def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
-    """Runs `main(argv)` (argv without the program name, `--debug` removed) and exits with its code.
+def guard(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int | None:
+    """Runs `main(argv)` (argv without the program name, `--debug` removed) and returns its result.
 
-    User errors become one stderr line and exit code 1/2; Ctrl-C exits 130; anything else (a bug) keeps
-    its traceback. With `--debug` / RQ_JAX_DEBUG=1 every error keeps its traceback.
+    User errors become one stderr line and SystemExit(1, or 2 for usage errors); Ctrl-C exits 130;
+    anything else (a bug) keeps its traceback. With `--debug` / RQ_JAX_DEBUG=1 every error keeps its
+    traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     try:
-        code = main(argv)
+        return main(argv)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -63,4 +64,8 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(exit_code(e))
-    sys.exit(int(code or 0))
+
+
+def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
+    """`guard(main, argv)`, then exits with main's return code (0 for None): a module's `__main__`."""
+    sys.exit(int(guard(main, argv) or 0))

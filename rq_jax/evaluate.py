@@ -33,6 +33,7 @@ import argparse
 import os
 from typing import Any
 
+from rq_jax import cli
 from rq_jax.eval import image_sets, recon
 from rq_jax.eval.io import write_json
 
@@ -55,7 +56,11 @@ def _run_reconstruct(args: argparse.Namespace) -> None:
 
 def _run_fid(args: argparse.Namespace) -> None:
     result = image_sets.compute_fid(args.real, args.fake, args.inception, batch_size=args.batch_size,
-                                    is_splits=args.is_splits, save_real_stats=args.save_real_stats)
+                                    is_splits=args.is_splits, save_real_stats=args.save_real_stats,
+                                    min_images=1 if args.allow_small else args.min_images, resize=args.resize)
+    for name in ("real", "fake"):
+        if result.get(f"num_{name}_unreadable"):
+            print(f"skipped {result[f'num_{name}_unreadable']} unreadable {name} images")
     print(f"FID {result['fid']:.4f}")
     if "inception_score" in result:
         print(f"IS  {result['inception_score']:.4f} +- {result['inception_score_std']:.4f} "
@@ -166,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch_size", type=int, default=50)
     f.add_argument("--is_splits", type=int, default=10, help="Inception Score splits (the standard is 10)")
     f.add_argument("--save_real_stats", default=None, help="also write the real set's mu/sigma to this .npz")
+    f.add_argument("--min_images", type=int, default=image_sets.MIN_FID_IMAGES,
+                   help="the fewest readable images per set (FID below ~2,048 is biased and noisy)")
+    f.add_argument("--allow_small", action="store_true", help="compute FID from sets of any size (tests)")
+    f.add_argument("--resize", action="store_true",
+                   help="accept images of mixed sizes, each resized to 299x299 (default: one size or an error)")
     f.add_argument("--out", default=None, help="JSON output")
     f.set_defaults(run=_run_fid)
 
@@ -186,16 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parses the command line and runs the subcommand; expected failures exit with a one-line error."""
-    from rq_jax.checkpoints import CheckpointError
+def _main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    args.run(args)
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-        parser.exit(1, f"error: {e}\n")
+
+def main(argv: list[str] | None = None) -> None:
+    """Parses the command line and runs the subcommand; user errors exit 1 with one line (rq_jax.cli)."""
+    cli.guard(_main, argv)
 
 
 if __name__ == "__main__":

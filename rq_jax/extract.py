@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rq_jax import cli
 from rq_jax.data.pipeline import build_image_pipeline
 from rq_jax.metrics import format_seconds
 from rq_jax.quantizer import calibrate_temperature, q_tau_stats, sample_vectors
@@ -140,6 +141,11 @@ def extract(rqvae_workdir: str, out_dir: str, *, batch_size: int = 64, flips: bo
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line; user errors exit 1 with one line (rq_jax.cli)."""
+    cli.guard(_main, argv)
+
+
+def _main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python -m rq_jax.extract")
     p.add_argument("--rqvae", required=True, help="workdir of a trained stage-1 run")
     p.add_argument("--out", required=True, help="output directory of the stage-2 feature dataset")

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rq_jax import metrics
+from rq_jax import cli, metrics
+from rq_jax.cli import UsageError
 from rq_jax.data.transforms import to_uint8
 from rq_jax.sampling import SamplingConfig, parse_per_depth, sample_codes
 
@@ -31,45 +32,82 @@ def data_num_classes(config, default: int) -> int:
         return min(int(json.load(f).get("num_classes", default)), default)
 
 
-def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
-    from rq_jax.runs import load_stage2
-
-    run_ = load_stage2(args.workdir, args.step, args.rqvae)  # checks the stage-1 run matches the transformer
-    model, config, step, decoder = run_.model, run_.config, run_.step, run_.decoder
-    n = args.num
+def class_rows(args: argparse.Namespace, config) -> list[int]:
+    """The class id of every grid row: --classes (ids or 'all'), else the first 8; checked against the model."""
     num_classes = int(config.model.num_classes)
+    if args.classes == "all":
+        return list(range(data_num_classes(config, num_classes)))
+    try:
+        classes = [int(c) for c in args.classes.split(",")] if args.classes else list(range(min(num_classes, 8)))
+    except ValueError:
+        raise UsageError(f"--classes takes comma-separated class ids or 'all', got {args.classes!r}.") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise UsageError(f"Class ids {bad} are out of range: this model has classes 0..{num_classes - 1}.")
+    return classes
+
+
+def conditions(args: argparse.Namespace, model, config) -> tuple[jax.Array | None, int]:
+    """(the condition of every sample, the number of grid rows) for the model's kind of conditioning."""
+    n = args.num
     if model.cond_kind == "class":
         if args.prompt:
-            raise ValueError("This model is class-conditional: give --classes instead of --prompt.")
-        if args.classes == "all":
-            classes = list(range(data_num_classes(config, num_classes)))
-        else:
-            classes = [int(c) for c in args.classes.split(",")] if args.classes else list(range(min(num_classes, 8)))
-        bad = [c for c in classes if not 0 <= c < num_classes]
-        if bad:
-            raise ValueError(f"Class ids {bad} are out of range: this model has classes 0..{num_classes - 1}.")
-        cond = jnp.asarray(np.repeat(classes, n), jnp.int32)
-        rows = len(classes)
-    elif model.cond_kind == "none":
+            raise UsageError("This model is class-conditional: give --classes instead of --prompt.")
+        classes = class_rows(args, config)
+        return jnp.asarray(np.repeat(classes, n), jnp.int32), len(classes)
+    if model.cond_kind == "none":
         if args.classes or args.prompt:
-            raise ValueError("This model is unconditional: drop --classes.")
-        cond, rows = None, 1
-    else:
-        from rq_jax.text import encode_texts, load_tokenizer
+            raise UsageError("This model is unconditional: drop --classes and --prompt.")
+        return None, 1
+    from rq_jax.text import encode_texts, load_tokenizer
 
-        if args.classes:
-            raise ValueError("This model is text-conditioned: give --prompt TEXT (repeatable) instead of --classes.")
-        prompts = args.prompt or ["red apple"]
-        tok = load_tokenizer(os.path.join(args.workdir, "tokenizer.json"))
-        tokens = encode_texts(tok, prompts, int(config.model.text_len), strict=True)
-        cond = jnp.asarray(np.repeat(tokens, n, axis=0))
-        rows = len(prompts)
-    cfg = SamplingConfig(
+    if args.classes:
+        raise UsageError("This model is text-conditioned: give --prompt TEXT (repeatable) instead of --classes.")
+    prompts = args.prompt or ["red apple"]
+    tok = load_tokenizer(os.path.join(args.workdir, "tokenizer.json"))
+    tokens = encode_texts(tok, prompts, int(config.model.text_len), strict=True)
+    return jnp.asarray(np.repeat(tokens, n, axis=0)), len(prompts)
+
+
+def _per_depth(flag: str, text: str, kind: type) -> tuple:
+    try:
+        value = parse_per_depth(text, kind)
+    except (ValueError, IndexError):
+        raise UsageError(f"{flag} takes a number or one per depth ('512,256,128,64'), got {text!r}.") from None
+    return value if isinstance(value, tuple) else (value,)
+
+
+def sampling_config(args: argparse.Namespace, config) -> SamplingConfig:
+    """The run's config.sample with the command line's overrides, each checked (one sentence per mistake)."""
+    vocab = int(config.model.vocab_size)
+    checks = (("--top_k", args.top_k, int, lambda v: 0 <= v <= vocab, f"in [0, {vocab}] (0: no top-k; K = {vocab})"),
+              ("--top_p", args.top_p, float, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+              ("--temperature", args.temperature, float, lambda v: v > 0, "> 0"))
+    for flag, text, kind, ok, what in checks:
+        if text is not None:
+            bad = [v for v in _per_depth(flag, text, kind) if not ok(v)]
+            if bad:
+                raise UsageError(f"{flag} must be {what}, got {text}.")
+    if args.cfg_scale is not None and args.cfg_scale < 0:
+        raise UsageError(f"--cfg_scale must be >= 0, got {args.cfg_scale}.")
+    return SamplingConfig(
         temperature=parse_per_depth(args.temperature, float) if args.temperature else config.sample.temperature,
         top_k=parse_per_depth(args.top_k, int) if args.top_k is not None else config.sample.top_k,
         top_p=parse_per_depth(args.top_p, float) if args.top_p is not None else config.sample.top_p,
         cfg_scale=args.cfg_scale if args.cfg_scale is not None else config.sample.cfg_scale,
     )
+
+
+def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    from rq_jax.runs import load_stage2
+
+    if args.num < 1:
+        raise UsageError(f"--num must be at least 1 (samples per row), got {args.num}.")
+    run_ = load_stage2(args.workdir, args.step, args.rqvae)  # checks the stage-1 run matches the transformer
+    model, config, step, decoder = run_.model, run_.config, run_.step, run_.decoder
+    cfg = sampling_config(args, config)
+    cond, rows = conditions(args, model, config)
+    n = args.num
     codebook = decoder.codebook_state.embedding_KxC
     codes = sample_codes(model, codebook, cond, jax.random.key(args.seed), batch=rows * n, cfg=cfg)
     images = np.asarray(jax.jit(lambda c: decoder.decode(c))(codes))
@@ -82,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rq_jax.sample", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="the stage-2 (rq_transformer) training run")
     p.add_argument("--rqvae", default=None, help="the stage-1 run (default: the one in the stage-2 config)")
@@ -91,14 +129,20 @@ def main(argv: list[str] | None = None) -> None:
                    "class of the run's feature set); default: the first 8")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable), text models")
     p.add_argument("--num", type=int, default=8, help="samples per class")
-    p.add_argument("--top_k", default=None)
-    p.add_argument("--top_p", default=None)
-    p.add_argument("--temperature", default=None)
+    p.add_argument("--top_k", default=None, help="keep the k most likely codes (0: all); one or one per depth")
+    p.add_argument("--top_p", default=None, help="nucleus mass in (0, 1]; one or one per depth")
+    p.add_argument("--temperature", default=None, help="> 0; one or one per depth")
     p.add_argument("--cfg_scale", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png")
-    run(p.parse_args(argv))
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)  # user errors: one line, exit 1 (2 for bad arguments)

@@ -129,20 +129,29 @@ def test_reconstruct_writes_one_png_per_image_and_a_grid(workdir, tmp_path, caps
     assert "wrote 3 reconstructions" in capsys.readouterr().out
 
 
-def test_fid_between_image_sets_and_from_statistics(weights, tmp_path):
+def test_fid_between_image_sets_and_from_statistics(weights, tmp_path, capsys):
     r = np.random.default_rng(0)
-    (tmp_path / "real").mkdir()  # a folder of images of two sizes
+    (tmp_path / "real").mkdir()  # a folder of images of two sizes, and a corrupt file
     for i in range(6):
         image = r.integers(0, 256, (40, 36 + 4 * (i % 2), 3), dtype=np.uint8)
         Image.fromarray(image).save(tmp_path / "real" / f"{i}.png")
+    (tmp_path / "real" / "6.png").write_text("not a png")
     # an .npz of uint8 images (ADM's reference-batch layout); at 299 px they share the real set's compiled shape
     np.savez(tmp_path / "fake.npz", arr_0=r.integers(0, 256, (4, 299, 299, 3), dtype=np.uint8))
     stats = tmp_path / "real_stats.npz"
     out = tmp_path / "fid.json"
-    evaluate.main(["fid", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake.npz"), "--inception",
-                   weights[1], "--batch_size", "4", "--save_real_stats", str(stats), "--out", str(out)])
+    args = ["fid", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake.npz"), "--inception",
+            weights[1], "--batch_size", "4", "--save_real_stats", str(stats), "--out", str(out)]
+    for extra, message in (([], "holds 6 readable images (1 unreadable files skipped): FID from fewer than 2048"),
+                           (["--allow_small"], "mixes image sizes (36x40: 3, 40x40: 3); FID compares images of one")):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(args + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+    evaluate.main(args + ["--allow_small", "--resize"])
+    assert "skipped 1 unreadable real images" in capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["num_real"] == 6 and result["num_fake"] == 4
+    assert result["num_real"] == 6 and result["num_fake"] == 4 and result["num_real_unreadable"] == 1
     assert result["fid"] > 0 and result["inception_score"] >= 1.0 and result["inception_score_splits"] == 2
     mu, sigma = fid.load_statistics(stats)
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
@@ -151,7 +160,7 @@ def test_fid_between_image_sets_and_from_statistics(weights, tmp_path):
     f1, f2 = rs.normal(size=(30, 8)), rs.normal(size=(40, 8)) + 0.5
     fid.save_statistics(tmp_path / "a.npz", *fid.activation_statistics(f1))
     fid.save_statistics(tmp_path / "b.npz", *fid.activation_statistics(f2))
-    result = compute_fid(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), weights[1])
+    result = compute_fid(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), weights[1])  # statistics: no size check
     assert result["fid"] == pytest.approx(fid.frechet_distance_from_features(f1, f2), rel=1e-9)
     assert "inception_score" not in result
 

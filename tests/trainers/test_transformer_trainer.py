@@ -70,6 +70,30 @@ def test_sample_cli_errors(tiny_stage2_runs):
         main(["--workdir", str(tmp / "transformer"), "--rqvae", str(other), "--out", str(tmp / "x.png")])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, message, code", [
+    (["--num", "0"], "--num must be at least 1 (samples per row), got 0.", 2),
+    (["--num", "-2"], "--num must be at least 1 (samples per row), got -2.", 2),
+    (["--top_k", "-5"], "--top_k must be in [0, 64] (0: no top-k; K = 64), got -5.", 2),
+    (["--top_k", "65"], "--top_k must be in [0, 64] (0: no top-k; K = 64), got 65.", 2),
+    (["--top_p", "0"], "--top_p must be in (0, 1], got 0.", 2),
+    (["--temperature", "0"], "--temperature must be > 0, got 0.", 2),
+    (["--top_k", "a,b"], "--top_k takes a number or one per depth ('512,256,128,64'), got 'a,b'.", 2),
+    (["--classes", "10"], "Class ids [10] are out of range: this model has classes 0..9.", 2),
+    (["--step", "99"], "has no step 99; its steps are ", 1),
+])
+def test_sample_cli_one_line_errors(tiny_stage2_runs, capsys, flags, message, code):
+    from rq_jax import cli
+    from rq_jax.sample import main
+
+    tmp, _, _ = tiny_stage2_runs
+    with pytest.raises(SystemExit) as info:
+        cli.run(main, ["--workdir", str(tmp / "transformer"), "--out", str(tmp / "x.png"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == code and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ") and message in err, err
+
+
 def test_loss_falls_well_below_log_k_on_a_fixed_code_set():
     c = load_config("configs/transformer/demo.py", "runlocal")
     c.soft.soft_labels, c.soft.stochastic_codes = False, False
