@@ -65,7 +65,8 @@ def analyse(config_name: str, target: str, batch: int, remat: str, scan: bool, d
     codebook = jax.ShapeDtypeStruct((config.model.vocab_size, config.model.embed_dim), jnp.float32, sharding=repl)
     text = jax.ShapeDtypeStruct((1, 1), jnp.int32, sharding=repl)
     t0 = time.perf_counter()
-    compiled = t2.jit_train_step(config, mesh, setup).lower(setup.abstract, batch_abs, codebook, text).compile()
+    with jax.set_mesh(mesh):
+        compiled = t2.jit_train_step(config, mesh, setup).lower(setup.abstract, batch_abs, codebook, text).compile()
     mem = compiled.memory_analysis()
     params = sum(x.size for x in jax.tree.leaves(setup.abstract["params"]))
     args, out, temp = mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes

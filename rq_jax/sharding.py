@@ -17,18 +17,20 @@ query kernel is ("embed", "heads"), a conv kernel (None, None, "conv_in", "conv_
 so FSDP and tensor parallelism are config changes. A dimension that the mesh axes do not divide is left
 unsplit (replicated) rather than failing, so small models (and the tests' tiny ones) run on any mesh.
 Shardings only decide where data lives: under `jit` the results are the same on every mesh.
+
+Activations: a step is traced, called and lowered under `with jax.set_mesh(mesh):`, and enters its rules
+table with `axis_rules(rules)` inside its body; `constrain` then pins activations by their logical names.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
@@ -158,7 +160,7 @@ def rules_from_config(rules: Any = None) -> Rules:
     return tuple(out)
 
 
-def mesh_spec(logical: tuple, shape: tuple[int, ...], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> P:
+def mesh_spec(logical: tuple, shape: tuple[int, ...], mesh: Mesh | AbstractMesh, rules: Rules = DEFAULT_RULES) -> P:
     """The mesh PartitionSpec of an array of `shape` whose dimensions have `logical` names.
 
     Mesh axes missing from the mesh, of size 1, already used by an earlier dimension, or not dividing
@@ -240,43 +242,26 @@ def describe(mesh: Mesh, shardings: Any, abstract_state: Any) -> str:
 
 
 # ---- activations ----------------------------------------------------------------------------------
-_ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar("rq_jax_mesh", default=None)
+def axis_rules(rules: Rules) -> contextlib.AbstractContextManager:
+    """Within this context `constrain` maps logical names by `rules` (Flax's logical-axis-rules context).
 
+    A jitted step enters it inside its own body, so the table is part of what is traced and a cached trace
+    can never see another one; outside any such context `constrain` uses `DEFAULT_RULES`."""
+    from flax.core import spmd
 
-@contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
-    """Within this context, `constrain` pins activations to the mesh by their logical names (a jitted
-    step must be traced inside it: `MeshJit` does that); outside it `constrain` does nothing, so models
-    run unchanged on one device, in tests and in samplers."""
-    token = _ACTIVE.set((mesh, rules))
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
+    return spmd.logical_axis_rules(rules)
 
 
 def constrain(x: jax.Array, *names: str | None) -> jax.Array:
-    """`with_sharding_constraint` of an activation by logical axis names, e.g. ("batch", "length", "embed_act")."""
-    active = _ACTIVE.get()
-    if active is None:
+    """`with_sharding_constraint` of an activation by logical axis names, e.g. ("batch", "length", "embed_act").
+
+    It reads the mesh entered with `jax.set_mesh(mesh)` (part of jit's cache key, so a trace under one mesh
+    is never reused under another or under none); with no mesh it does nothing, so models run unchanged on
+    one device, in tests and in samplers."""
+    from flax.core import spmd
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
         return x
-    mesh, rules = active
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, mesh_spec(names, x.shape, mesh, rules)))
-
-
-class MeshJit:
-    """A jitted function that is traced, lowered and called inside `activation_sharding(mesh, rules)`.
-
-    The context is read when the function is traced, and jit caches traces per function: wrap a function
-    that is never also called bare (the trainers build their step functions for this alone)."""
-
-    def __init__(self, jitted: Callable, mesh: Mesh, rules: Rules = DEFAULT_RULES):
-        self.jitted, self.mesh, self.rules = jitted, mesh, rules
-
-    def __call__(self, *args: Any) -> Any:
-        with activation_sharding(self.mesh, self.rules):
-            return self.jitted(*args)
-
-    def lower(self, *args: Any) -> Any:
-        with activation_sharding(self.mesh, self.rules):
-            return self.jitted.lower(*args)
+    rules = tuple(spmd.get_logical_axis_rules()) or DEFAULT_RULES
+    return jax.lax.with_sharding_constraint(x, mesh_spec(names, x.shape, mesh, rules))

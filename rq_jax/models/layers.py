@@ -333,20 +333,17 @@ class Decoder(nnx.Module):
         self.conv_out = conv(block_in, out_channels, 3, padding=1, **kw)
         self.dtype = dtype
 
-    def __call__(
-        self,
-        z_BxhxwxC: jax.Array,
-        *,
-        train: bool = False,
-        rng: jax.Array | None = None,
-        return_last_features: bool = False,
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """The image; with `return_last_features` also conv_out's input (the features after norm_out
-        and swish), from which the gradient w.r.t. the conv_out kernel can be formed directly."""
+    def last_features(
+        self, z_BxhxwxC: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+    ) -> jax.Array:
+        """conv_out's input [B, H, W, ch*ch_mult[0]] (the features after norm_out and swish): the image is
+        `conv_out(last_features(z))`, and the gradient w.r.t. the conv_out kernel can be formed from it."""
         h = self.conv_in(z_BxhxwxC.astype(self.dtype))
         h = self.mid(h, train=train, rng=_block_rng(rng, len(self.up)))
         for i in reversed(range(len(self.up))):
             h = self.up[i](h, train=train, rng=_block_rng(rng, i))
-        h = nnx.swish(self.norm_out(h))
-        out = self.conv_out(h)
-        return (out, h) if return_last_features else out
+        return nnx.swish(self.norm_out(h))
+
+    def __call__(self, z_BxhxwxC: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        """The image [B, H, W, out_channels] (compute dtype)."""
+        return self.conv_out(self.last_features(z_BxhxwxC, train=train, rng=rng))

@@ -23,7 +23,7 @@ Conditioning (`config.cond`):
 - "text":  L = text_len, `cond` [B, text_len] padded BPE tokens; the last text token predicts position 0;
            the sequence has text_len + T - 1 tokens (95 for 32 tokens and 8x8 codes). The text tokens'
            outputs at 0..L-2 also predict the next text token through `cond_classifier` (the official
-           auxiliary text loss): `__call__(..., return_cond_logits=True)`.
+           auxiliary text loss): `forward_with_cond_logits(...)` returns both.
 
 Classifier-free guidance: with `cfg_null=True` (class or text), `cond_emb` gets one extra learned row, the
 "null" token `model.null_cond_index` (num_classes, or text_vocab_size). `null_cond(batch)` is the null
@@ -143,6 +143,13 @@ def validate_rq_transformer_config(config: Mapping[str, Any] | ml_collections.Co
     for key in ("dropout", "attn_dropout", "embd_dropout"):
         if not 0.0 <= float(config[key]) < 1.0:
             raise ValueError(f"{key} must be in [0, 1), got {config[key]}.")
+
+
+class LogitsWithCond(NamedTuple):
+    """A text model's teacher-forced outputs: code logits and next-text-token logits."""
+
+    logits: jax.Array           # [B, H, W, D, K] float32
+    cond_logits: jax.Array      # [B, text_len-1, V] float32
 
 
 class RQCache(NamedTuple):
@@ -280,14 +287,33 @@ class RQTransformer(nnx.Module):
         train: bool = False,
         rng: jax.Array | None = None,
         drop_cond: jax.Array | None = None,
-        return_cond_logits: bool = False,
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    ) -> jax.Array:
         """Logits [B, H, W, D, K] (float32) of every code given the earlier ones (teacher forcing).
 
         `codes_BxHxWxD` may have fewer rows H than the model's code shape (a prefix). `train=True` turns
-        dropout on and needs `rng` (a PRNG key) when any dropout rate is positive. With
-        `return_cond_logits` (text models) also returns the next-text-token logits [B, text_len-1, V].
+        dropout on and needs `rng` (a PRNG key) when any dropout rate is positive.
         """
+        return self._teacher_forced(codes_BxHxWxD, cond, codebook_KxC, train, rng, drop_cond)[0]
+
+    def forward_with_cond_logits(
+        self,
+        codes_BxHxWxD: jax.Array,
+        cond: jax.Array,
+        *,
+        codebook_KxC: jax.Array,
+        train: bool = False,
+        rng: jax.Array | None = None,
+        drop_cond: jax.Array | None = None,
+    ) -> LogitsWithCond:
+        """`__call__`'s logits and, from the same pass, the next-text-token logits [B, text_len-1, V] of the
+        text tokens' outputs (text models only: the official auxiliary text loss)."""
+        if self.cond_classifier is None:
+            raise ValueError("forward_with_cond_logits needs a text-conditioned model (cond='text').")
+        logits, out_BxSxC = self._teacher_forced(codes_BxHxWxD, cond, codebook_KxC, train, rng, drop_cond)
+        return LogitsWithCond(logits, self.cond_classifier(out_BxSxC[:, : self.cond_len - 1]))
+
+    def _teacher_forced(self, codes_BxHxWxD, cond, codebook_KxC, train, rng, drop_cond):
+        """(logits [B, H, W, D, K], the spatial transformer's outputs [B, S, C])."""
         b, h, w, d = codes_BxHxWxD.shape
         if w != self.code_shape[1] or d != self.code_shape[2] or h > self.code_shape[0]:
             raise ValueError(f"codes have shape {codes_BxHxWxD.shape[1:]}, expected {self.code_shape} (or fewer rows).")
@@ -310,11 +336,7 @@ class RQTransformer(nnx.Module):
         head_out = constrain(self.head_transformer(depth_in, rng=rng_head), "batch", "length", "embed_act")
         logits = constrain(self.classifier(head_out).reshape(b, h, w, d, self.vocab_size),
                            "batch", None, None, None, "vocab")
-        if not return_cond_logits:
-            return logits
-        if self.cond_classifier is None:
-            raise ValueError("return_cond_logits needs a text-conditioned model (cond='text').")
-        return logits, self.cond_classifier(out_BxSxC[:, : self.cond_len - 1])
+        return logits, out_BxSxC
 
     # ---- incremental decoding with KV caches ------------------------------------------------------
     def init_cache(self, batch: int, dtype: Any = None) -> RQCache:

@@ -7,8 +7,9 @@ with h = w = R / f, f = 2**(len(ch_mult) - 1), code shape (h, w, D). Images are 
 
 The codebook is not a trainable parameter: it lives in `model.codebook`, a `CodebookVar` (not an
 `nnx.Param`) holding a `rq_jax.quantizer.CodebookState`, so optimizers built on `nnx.Param` skip it and
-it gets no gradient. Training-mode forwards never mutate the module: `forward_train(x, rng)` returns
-the EMA-updated codebook state and the trainer writes it back (`model.set_codebook(new_state)`, or
+it gets no gradient. Every forward returns an `RQVAEOutput` (recon, rq, codebook, last_features);
+training-mode forwards never mutate the module: `forward_train(x, rng)`'s `codebook` is the EMA-updated
+state and the trainer writes it back (`model.set_codebook(new_state)`, or
 `nnx.update`) after its step.
 
 Features at the bottleneck (`encode_features`' output, the quantizer, `decode_features`' input) and
@@ -41,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,6 +143,15 @@ def quantizer_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> Q
     return QuantizerConfig(depth=int(tuple(config["code_shape"])[2]), **q)
 
 
+class RQVAEOutput(NamedTuple):
+    """What a forward pass of the RQ-VAE returns (evaluation or training alike)."""
+
+    recon: jax.Array            # [B, H, W, out_channels] float32 reconstruction
+    rq: RQOutput                # codes, partial sums, straight-through features, commitment loss
+    codebook: CodebookState     # the new state in training (EMA update, restarts); the current one in evaluation
+    last_features: jax.Array    # [B, H, W, ch*ch_mult[0]] the input of decoder.conv_out (adaptive GAN weight)
+
+
 class RQVAE(nnx.Module):
     """Encoder, quant_conv, residual quantizer (explicit codebook state), post_quant_conv, Decoder."""
 
@@ -222,24 +232,20 @@ class RQVAE(nnx.Module):
         return codes
 
     # ---- decoder side -----------------------------------------------------------------------------
-    def decode_features(
-        self,
-        zq_BxhxwxC: jax.Array,
-        *,
-        train: bool = False,
-        rng: jax.Array | None = None,
-        return_last_features: bool = False,
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """Images [B, h*f, w*f, out_channels] (float32) from (quantized) features, via post_quant_conv.
-
-        With `return_last_features`, (images, h) where h [B, H, W, ch*ch_mult[0]] (compute dtype) is
-        the input of `decoder.conv_out` (images = conv_out(h)), for the adaptive GAN weight.
-        """
+    def decode_with_features(
+        self, zq_BxhxwxC: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """(images, h): `decode_features`' images and h [B, H, W, ch*ch_mult[0]] (compute dtype), the input
+        of `decoder.conv_out` (images = conv_out(h)), for the adaptive GAN weight."""
         h = self.post_quant_conv(constrain(zq_BxhxwxC.astype(jnp.float32), "batch", None, None, None))
-        out = self.decoder(h, train=train, rng=rng, return_last_features=return_last_features)
-        if return_last_features:
-            return out[0].astype(jnp.float32), out[1]
-        return out.astype(jnp.float32)
+        h = self.decoder.last_features(h, train=train, rng=rng)
+        return self.decoder.conv_out(h).astype(jnp.float32), h
+
+    def decode_features(
+        self, zq_BxhxwxC: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+    ) -> jax.Array:
+        """Images [B, h*f, w*f, out_channels] (float32) from (quantized) features, via post_quant_conv."""
+        return self.decode_with_features(zq_BxhxwxC, train=train, rng=rng)[0]
 
     def decode(self, codes_BxhxwxD: jax.Array) -> jax.Array:
         """Images from codes [B, h, w, D]: the sum of the D code vectors, decoded."""
@@ -250,23 +256,19 @@ class RQVAE(nnx.Module):
         return self.decode_features(rq_decode(codes_BxhxwxD, self.codebook_state.embedding_KxC, depth))
 
     # ---- full forward -----------------------------------------------------------------------------
-    def __call__(
-        self, x_BxHxWx3: jax.Array, *, train: bool = False, rng: jax.Array | None = None
-    ) -> tuple[jax.Array, RQOutput] | tuple[jax.Array, RQOutput, CodebookState]:
-        """Evaluation: (recon, RQOutput) with the frozen codebook. With train=True: `forward_train`'s
-        (recon, RQOutput, new CodebookState); the module itself is never mutated."""
+    def __call__(self, x_BxHxWx3: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> RQVAEOutput:
+        """Evaluation: the reconstruction with the frozen codebook (`codebook` is the current state).
+        With train=True: `forward_train(x, rng)`; the module itself is never mutated."""
         if train:
             return self.forward_train(x_BxHxWx3, rng)
         out = self.quantize(self.encode_features(x_BxHxWx3))
-        return self.decode_features(out.quantized), out
+        recon, h = self.decode_with_features(out.quantized)
+        return RQVAEOutput(recon, out, self.codebook_state, h)
 
-    def forward_train(
-        self, x_BxHxWx3: jax.Array, rng: jax.Array | None, *, return_last_features: bool = False
-    ) -> tuple[jax.Array, RQOutput, CodebookState] | tuple[jax.Array, RQOutput, CodebookState, jax.Array]:
+    def forward_train(self, x_BxHxWx3: jax.Array, rng: jax.Array | None) -> RQVAEOutput:
         """Training forward: dropout on, codes searched with EMA codebook updates (and restarts).
 
-        Returns (recon [B, H, W, 3] float32, RQOutput, new CodebookState), and with
-        `return_last_features` also the input of `decoder.conv_out` (see `decode_features`).
+        Returns the reconstruction, the RQOutput, the new CodebookState and the input of `decoder.conv_out`.
         Gradients reach the encoder through the straight-through `quantized` and the commitment loss,
         never the codebook. `rng` is needed for code restarts and dropout (None is fine when both are
         off). Does not mutate the module: assign the new state with `set_codebook` after the step.
@@ -281,9 +283,5 @@ class RQVAE(nnx.Module):
             restart=q.restart, restart_threshold=q.restart_threshold, update=q.update_mode, impl=q.impl,
             commitment_reduction=q.commitment_reduction, restart_from=q.restart_from,
         )
-        dec = self.decode_features(
-            out.quantized, train=True, rng=rng_dec, return_last_features=return_last_features
-        )
-        if return_last_features:
-            return dec[0], out, new_state, dec[1]
-        return dec, out, new_state
+        recon, h = self.decode_with_features(out.quantized, train=True, rng=rng_dec)
+        return RQVAEOutput(recon, out, new_state, h)

@@ -162,39 +162,12 @@ def rq_quantize_train(
     check_inputs(z, state.embedding_KxC, depth)
     if restart and rng is None:
         raise ValueError("Restarting unused codes needs a PRNG key: pass rng=..., or restart=False.")
-    c = z.shape[-1]
     upd = dict(decay=decay, eps=eps, restart=restart, restart_threshold=restart_threshold)
     state = jax.tree.map(lambda a: jax.lax.stop_gradient(a).astype(jnp.float32), state)
-
     if update == "once":
-        codes, zhat_cum = rq_encode(z, state.embedding_KxC, depth, impl=impl)
-        zf = jax.lax.stop_gradient(z).astype(jnp.float32)[..., None, :]
-        # The residual each depth searched: r_{d-1} = z - zhat(d-1).
-        prev = jnp.concatenate([jnp.zeros_like(zf), zhat_cum[..., :-1, :]], axis=-2)
-        residuals_NxDxC = (zf - prev).reshape(-1, depth, c)
-        pool = None
-        if restart_from == "least_used_depth":
-            codes_NxD = codes.reshape(-1, depth)
-            k = state.num_codes
-            used_D = jax.vmap(lambda c_N: jnp.sum(jnp.zeros((k,), jnp.float32).at[c_N].max(1.0)), in_axes=1)(codes_NxD)
-            pool = jnp.take(residuals_NxDxC, jnp.argmin(used_D), axis=1)
-        state = cb.ema_update(state, residuals_NxDxC.reshape(-1, c), codes.reshape(-1), rng=rng,
-                              restart_vectors_MxC=pool, **upd)
+        codes, zhat_cum, state = _search_then_update(z, state, depth, rng, impl, restart_from, upd)
     else:
-        rngs = [None] * depth if rng is None else list(jax.random.split(rng, depth))
-        residual = jax.lax.stop_gradient(z).astype(jnp.float32)
-        acc = jnp.zeros_like(residual)
-        codes_l, partials = [], []
-        for d in range(depth):
-            idx = nearest_code(residual, state.embedding_KxC, impl=impl)
-            e = jnp.take(state.embedding_KxC, idx, axis=0)  # the pre-update code vectors
-            state = cb.ema_update(state, residual.reshape(-1, c), idx.reshape(-1), rng=rngs[d], **upd)
-            residual = residual - e
-            acc = acc + e
-            codes_l.append(idx)
-            partials.append(acc)
-        codes, zhat_cum = jnp.stack(codes_l, axis=-1), jnp.stack(partials, axis=-2)
-
+        codes, zhat_cum, state = _update_per_depth(z, state, depth, rng, impl, upd)
     out = RQOutput(
         codes=codes,
         zhat_cum=zhat_cum,
@@ -202,3 +175,41 @@ def rq_quantize_train(
         commit_loss=commitment_loss(z, zhat_cum, commitment_reduction),
     )
     return out, state
+
+
+def _search_then_update(z, state, depth, rng, impl, restart_from, upd):
+    """update="once": search all depths with the old codebook, then one EMA update from every depth's
+    residuals (codes, zhat_cum, new state)."""
+    c = z.shape[-1]
+    codes, zhat_cum = rq_encode(z, state.embedding_KxC, depth, impl=impl)
+    zf = jax.lax.stop_gradient(z).astype(jnp.float32)[..., None, :]
+    # The residual each depth searched: r_{d-1} = z - zhat(d-1).
+    prev = jnp.concatenate([jnp.zeros_like(zf), zhat_cum[..., :-1, :]], axis=-2)
+    residuals_NxDxC = (zf - prev).reshape(-1, depth, c)
+    pool = None
+    if restart_from == "least_used_depth":
+        codes_NxD = codes.reshape(-1, depth)
+        k = state.num_codes
+        used_D = jax.vmap(lambda c_N: jnp.sum(jnp.zeros((k,), jnp.float32).at[c_N].max(1.0)), in_axes=1)(codes_NxD)
+        pool = jnp.take(residuals_NxDxC, jnp.argmin(used_D), axis=1)
+    state = cb.ema_update(state, residuals_NxDxC.reshape(-1, c), codes.reshape(-1), rng=rng,
+                          restart_vectors_MxC=pool, **upd)
+    return codes, zhat_cum, state
+
+
+def _update_per_depth(z, state, depth, rng, impl, upd):
+    """update="per_depth": depth d searches the codebook as updated by depths < d (codes, zhat_cum, new state)."""
+    c = z.shape[-1]
+    rngs = [None] * depth if rng is None else list(jax.random.split(rng, depth))
+    residual = jax.lax.stop_gradient(z).astype(jnp.float32)
+    acc = jnp.zeros_like(residual)
+    codes_l, partials = [], []
+    for d in range(depth):
+        idx = nearest_code(residual, state.embedding_KxC, impl=impl)
+        e = jnp.take(state.embedding_KxC, idx, axis=0)  # the pre-update code vectors
+        state = cb.ema_update(state, residual.reshape(-1, c), idx.reshape(-1), rng=rngs[d], **upd)
+        residual = residual - e
+        acc = acc + e
+        codes_l.append(idx)
+        partials.append(acc)
+    return jnp.stack(codes_l, axis=-1), jnp.stack(partials, axis=-2), state

@@ -6,11 +6,13 @@ Read top to bottom:
   2. the pure train step: codes drawn from Q_tau(. | r) and soft labels computed from the features
      on the device at every step, cross-entropy against the soft labels (or one-hot / deterministic
      codes: config switches, so the paper's ablation can be run), optional condition dropout for
-     classifier-free guidance;
+     classifier-free guidance; pieces: `code_loss` (one microbatch's loss), `microbatch_grads`,
+     `accumulated_grads` (lax.scan over microbatches), then AdamW in `train_step`;
   3. evaluation: validation NLL in bits per code and per-depth accuracy on deterministic codes;
      sample grids decoded by the stage-1 decoder;
-  4. the loop: resume, progress/ETA, checkpoints (state + data iterator), SIGTERM, NaN guard,
-     early stopping on the validation loss.
+  4. the loop: resume, then `trainers.loop.run` with the validation (early stopping on the
+     validation loss) and sampling actions: progress/ETA, checkpoints (state + data iterator),
+     SIGTERM, NaN guard.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -32,7 +34,6 @@ from flax import nnx
 
 from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
-from rq_jax.metrics import TrainingDiverged  # noqa: F401 (re-exported: trainer.TrainingDiverged)
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.quantizer import (
     calibrate_temperature,
@@ -44,6 +45,7 @@ from rq_jax.quantizer import (
     uniform_targets_warning,
 )
 from rq_jax.sampling import SamplingConfig, sample_codes
+from rq_jax.trainers import loop
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -165,14 +167,14 @@ def setup_state(config: ml_collections.ConfigDict, mesh, tx) -> StateSetup:
 
 
 def jit_train_step(config: ml_collections.ConfigDict, mesh, setup: StateSetup):
-    """`train_step` jitted with explicit state/batch shardings and the state donated."""
+    """`train_step` jitted with explicit state/batch shardings and the state donated. Trace, call and lower it
+    under `with jax.set_mesh(mesh):`."""
     repl = sharding.replicated(mesh)
     batch_sh = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
-    jitted = jax.jit(partial(train_step, graph=setup.graph, config=config, tx=setup.tx,
+    return jax.jit(partial(train_step, graph=setup.graph, config=config, tx=setup.tx,
                              param_shardings=setup.shardings["params"]),
                      in_shardings=(setup.shardings, batch_sh, repl, repl), out_shardings=(setup.shardings, repl),
                      donate_argnums=(0,))
-    return sharding.MeshJit(jitted, mesh, sharding.rules_from_config(config.mesh.get("rules")))
 
 
 def _cond_of(config, batch, text_table):
@@ -241,62 +243,83 @@ def _microbatches(tree: Any, m: int) -> Any:
     return jax.tree.map(split, tree)
 
 
+def text_loss(cond_logits: jax.Array, tokens_BxL: jax.Array, drop_B: jax.Array | None) -> jax.Array:
+    """Next-text-token cross-entropy of the text tokens' outputs, averaged over the rows whose text was kept."""
+    text_logp = jax.nn.log_softmax(cond_logits.astype(jnp.float32), axis=-1)
+    ce_BxL = -jnp.take_along_axis(text_logp, tokens_BxL[:, 1:, None], axis=-1)[..., 0]
+    keep_B = jnp.ones(ce_BxL.shape[:1]) if drop_B is None else 1.0 - drop_B.astype(jnp.float32)
+    return jnp.sum(ce_BxL.mean(-1) * keep_B) / jnp.maximum(jnp.sum(keep_B), 1.0)
+
+
+def code_loss(params: Any, codes: jax.Array, targets: jax.Array, cond: Any, drop: Any, codebook_KxC: jax.Array,
+              rng: jax.Array, *, graph, config) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """(loss, (nll, acc_D)): cross-entropy against the targets (mixed with the text loss for text models
+    with `text_loss_weight`), and the NLL / per-depth accuracy of the codes."""
+    model = nnx.merge(graph, params)
+    kw = dict(codebook_KxC=codebook_KxC, train=True, rng=rng, drop_cond=drop)
+    text_w = float(config.train.get("text_loss_weight", 0.0)) if config.model.cond == "text" else 0.0
+    out = model.forward_with_cond_logits(codes, cond, **kw) if text_w > 0 else None
+    logits = out.logits if text_w > 0 else model(codes, cond, **kw)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    loss = -jnp.mean(jnp.sum(targets * logp, axis=-1))
+    if text_w > 0:  # the text tokens' outputs predict the next token (rows whose text was dropped: not)
+        loss = (1.0 - text_w) * loss + text_w * text_loss(out.cond_logits, cond, drop)
+    nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
+    acc_D = jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
+    return loss, (nll, acc_D)
+
+
+def microbatch_grads(params: Any, mb: dict, rng: jax.Array, codebook_KxC: jax.Array, text_table: jax.Array, *,
+                     graph, config, param_shardings: Any = None) -> tuple[tuple, Any]:
+    """((loss, nll, acc_D, target entropy_D, target p_max_D), grads) of one microbatch: codes and targets
+    drawn from its features, conditions dropped at random for classifier-free guidance."""
+    r_codes, r_drop, r_model = jax.random.split(rng, 3)
+    codes, targets = _targets(config, mb["features"], codebook_KxC, r_codes, deterministic=False)
+    cond = _cond_of(config, mb, text_table)
+    drop = None
+    if config.train.cond_drop_prob > 0 and cond is not None:
+        drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (codes.shape[0],))
+    loss_fn = partial(code_loss, graph=graph, config=config)
+    (loss, (nll, acc_D)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, codes, targets, cond, drop, codebook_KxC, r_model)
+    if param_shardings is not None:
+        grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+    return (loss, nll, acc_D, *target_stats(targets)), grads
+
+
+def accumulated_grads(params: Any, batch: dict, rng: jax.Array, m: int, depth: int,
+                      grads_fn: Callable) -> tuple[tuple, Any]:
+    """`grads_fn(params, microbatch, rng)` over the whole batch (m == 1) or averaged over M microbatches in a
+    `lax.scan` (activation memory / M; microbatch i gets the key fold_in(rng, i))."""
+    if m == 1:
+        return grads_fn(params, batch, rng)
+
+    def body(acc, xs):
+        mb, i = xs
+        out, g = grads_fn(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(lambda a, b: a + b / m, acc, (out, g)), None
+
+    zero_D = jnp.zeros((depth,), jnp.float32)
+    zeros = ((jnp.float32(0), jnp.float32(0), zero_D, zero_D, zero_D), jax.tree.map(jnp.zeros_like, params))
+    return jax.lax.scan(body, zeros, (_microbatches(batch, m), jnp.arange(m)))[0]
+
+
 def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, text_table: jax.Array, *, graph, config, tx,
                param_shardings: Any = None):
     """One AdamW step. With config.train.microbatches = M > 1 the gradient is accumulated over M slices of
     the batch in a `lax.scan` (activation memory / M; codes and labels drawn per slice). `param_shardings`
-    (the parameters' NamedShardings) pins gradients to them, so with FSDP no device holds a whole gradient."""
-    rng = jax.random.wrap_key_data(state["rng"])
-    rng, r_step = jax.random.split(rng)
-    m = int(config.train.get("microbatches", 1))
-
-    def loss_and_grads(params, mb, r):
-        r_codes, r_drop, r_model = jax.random.split(r, 3)
-        codes, targets = _targets(config, mb["features"], codebook_KxC, r_codes, deterministic=False)
-        cond = _cond_of(config, mb, text_table)
-        drop = None
-        if config.train.cond_drop_prob > 0 and cond is not None:
-            drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (codes.shape[0],))
-
-        text_w = float(config.train.get("text_loss_weight", 0.0)) if config.model.cond == "text" else 0.0
-
-        def loss_fn(p):
-            model = nnx.merge(graph, p)
-            out = model(codes, cond, codebook_KxC=codebook_KxC, train=True, rng=r_model, drop_cond=drop,
-                        return_cond_logits=text_w > 0)
-            logits = out[0] if text_w > 0 else out
-            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-            loss = -jnp.mean(jnp.sum(targets * logp, axis=-1))
-            if text_w > 0:  # the text tokens' outputs predict the next token (rows whose text was dropped: not)
-                text_logp = jax.nn.log_softmax(out[1].astype(jnp.float32), axis=-1)
-                ce_BxL = -jnp.take_along_axis(text_logp, cond[:, 1:, None], axis=-1)[..., 0]
-                keep_B = jnp.ones(ce_BxL.shape[:1]) if drop is None else 1.0 - drop.astype(jnp.float32)
-                text_loss = jnp.sum(ce_BxL.mean(-1) * keep_B) / jnp.maximum(jnp.sum(keep_B), 1.0)
-                loss = (1.0 - text_w) * loss + text_w * text_loss
-            nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
-            acc_D = jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
-            return loss, (nll, acc_D)
-
-        (loss, (nll, acc_D)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        if param_shardings is not None:
-            grads = jax.lax.with_sharding_constraint(grads, param_shardings)
-        return (loss, nll, acc_D, *target_stats(targets)), grads
-
-    if m == 1:
-        (loss, nll, acc_D, ent_D, pmax_D), grads = loss_and_grads(state["params"], batch, r_step)
-    else:
-        def body(acc, xs):
-            mb, i = xs
-            out, g = loss_and_grads(state["params"], mb, jax.random.fold_in(r_step, i))
-            return jax.tree.map(lambda a, b: a + b / m, acc, (out, g)), None
-
-        zero_D = jnp.zeros((int(config.model.code_shape[2]),), jnp.float32)
-        zero_out = (jnp.float32(0), jnp.float32(0), zero_D, zero_D, zero_D)
-        zeros = (zero_out, jax.tree.map(jnp.zeros_like, state["params"]))
-        ((loss, nll, acc_D, ent_D, pmax_D), grads), _ = jax.lax.scan(body, zeros,
-                                                                    (_microbatches(batch, m), jnp.arange(m)))
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    (the parameters' NamedShardings) pins gradients to them, so with FSDP no device holds a whole gradient.
+    The run's logical-axis rules are entered here, inside the traced body (call it under `jax.set_mesh`)."""
+    with sharding.axis_rules(sharding.rules_from_config(config.mesh.get("rules"))):
+        rng = jax.random.wrap_key_data(state["rng"])
+        rng, r_step = jax.random.split(rng)
+        grads_fn = partial(microbatch_grads, codebook_KxC=codebook_KxC, text_table=text_table, graph=graph,
+                           config=config, param_shardings=param_shardings)
+        m, depth = int(config.train.get("microbatches", 1)), int(config.model.code_shape[2])
+        (loss, nll, acc_D, ent_D, pmax_D), grads = accumulated_grads(state["params"], batch, r_step, m, depth,
+                                                                     grads_fn)
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
     metrics_ = dict(loss=loss, nll=nll, bits_per_code=nll / math.log(2), grad_norm=optax.global_norm(grads))
     for d in range(acc_D.shape[0]):
         metrics_.update({f"acc_d{d}": acc_D[d], f"target_entropy_d{d}": ent_D[d], f"target_p_nearest_d{d}": pmax_D[d]})
@@ -339,6 +362,62 @@ def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, tex
 # ---------------------------------------------------------------------------------------------------
 # 4. The loop
 # ---------------------------------------------------------------------------------------------------
+class Validation:
+    """The periodic evaluation action: validation NLL / accuracy to TensorBoard and the log; asks the loop
+    to stop after `early_stop_patience` evaluations without improvement. Keeps the last scalars."""
+
+    def __init__(self, config: ml_collections.ConfigDict, val_batches: list, eval_fn: Callable, codebook, text_table,
+                 writer: Any):
+        self.config, self.val_batches, self.eval_fn, self.writer = config, val_batches, eval_fn, writer
+        self.codebook, self.text_table = codebook, text_table
+        self.best, self.bad_evals, self.scalars = float("inf"), 0, {}
+
+    def __call__(self, step: int, state: dict) -> bool:
+        outs = [jax.device_get(self.eval_fn(state["params"], {k: jnp.asarray(v) for k, v in b.items()},
+                                            self.codebook, self.text_table))
+                for b in self.val_batches]
+        nll = float(np.mean([o[0] for o in outs]))
+        acc = np.mean([o[1] for o in outs], axis=0)
+        self.scalars = {"eval/nll": nll, "eval/bits_per_code": nll / math.log(2)}
+        self.scalars.update({f"eval/acc_d{d}": float(a) for d, a in enumerate(acc)})
+        self.writer.write_scalars(step, self.scalars)
+        metrics.log_line(f"eval step {step}: {self.scalars['eval/bits_per_code']:.3f} bits/code "
+                         f"(log2 K = {math.log2(self.config.model.vocab_size):.2f}), acc {np.round(acc, 3)}")
+        if nll < self.best - 1e-4:
+            self.best, self.bad_evals = nll, 0
+        else:
+            self.bad_evals += 1
+        patience = self.config.train.early_stop_patience
+        if patience > 0 and self.bad_evals >= patience:
+            metrics.log_line(f"early stop at step {step}: no validation improvement in {self.bad_evals} evals")
+            return True
+        return False
+
+
+def write_samples(step: int, state: dict, *, config: ml_collections.ConfigDict, workdir: str, graph, codebook,
+                  text_table, rqvae_dir: str, num_classes: int, load_decoder: Callable[[str], Any]) -> None:
+    """The periodic sampling action (process 0, when the stage-1 run is known): a grid decoded by the stage-1
+    decoder (`load_decoder(rqvae_dir)`: cache it, it is called at every sampling step), images/samples_<step>.png."""
+    if jax.process_index() != 0 or not rqvae_dir:
+        return
+    grid = sample_grid(nnx.merge(graph, state["params"]), codebook, load_decoder(rqvae_dir), config,
+                       jax.random.key(step), num_classes, text_table)
+    path = metrics.save_png(os.path.join(workdir, "images", f"samples_{step:08d}.png"),
+                            metrics.image_grid(list(grid)), upscale=max(1, 64 // grid.shape[2]))
+    metrics.log_line(f"samples step {step}: {path}")
+
+
+def set_temperature(config: ml_collections.ConfigDict, src: Any, workdir: str) -> None:
+    """Resolves tau per depth, reports the soft labels, and writes the numbers into the config: a resumed run
+    (config.json) and the jitted step use them."""
+    codebook_KxC = np.asarray(src.codebook, np.float32)
+    taus, how = resolve_temperature(config, src.features, codebook_KxC, workdir)
+    report_soft_labels(config, taus, how, src.features, codebook_KxC, workdir)
+    with config.ignore_type():
+        config.soft.temperature_spec = config.soft.temperature if parse_auto(config.soft.temperature) else ""
+        config.soft.temperature = list(taus)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains stage 2 in `workdir` (resuming if it holds checkpoints); returns the last eval scalars."""
     from rq_jax.config_lib import check_known_keys, rqvae_config, transformer_config
@@ -350,28 +429,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta = load_meta(config.data.features_dir)
     check_features(config, meta)
     mesh = sharding.mesh_from_run_config(config.mesh)
+    repl = sharding.replicated(mesh)
     local_bs = tc.batch_size // jax.process_count()
     data_iter, src = build_feature_pipeline(config.data.features_dir, split="train", batch_size=local_bs,
                                             seed=config.seed)
-    val_iter, val_src = build_feature_pipeline(config.data.features_dir, split="validation",
-                                               batch_size=min(local_bs, 64), train=False)
+    val_iter, _ = build_feature_pipeline(config.data.features_dir, split="validation",
+                                         batch_size=min(local_bs, 64), train=False)
     val_batches = [b for _, b in zip(range(tc.eval_batches), val_iter, strict=False)]
-    steps_per_epoch = max(len(src) // tc.batch_size, 1)
-    total = tc.num_steps if tc.num_steps > 0 else int(round(tc.num_epochs * steps_per_epoch))
-    codebook = jax.device_put(jnp.asarray(src.codebook), sharding.replicated(mesh))  # on the mesh, as the params
+    total = tc.num_steps if tc.num_steps > 0 else int(round(tc.num_epochs * max(len(src) // tc.batch_size, 1)))
+    codebook = jax.device_put(jnp.asarray(src.codebook), repl)  # on the mesh, as the params
     metrics.log_line(f"data: {len(src)} training feature maps ({meta['dataset']}), {total} steps")
     text_table = jax.device_put(jnp.asarray(build_text_table(config, workdir) if config.model.cond == "text"
-                                            else np.zeros((1, 1), np.int32)), sharding.replicated(mesh))
-
-    taus, how = resolve_temperature(config, src.features, np.asarray(src.codebook, np.float32), workdir)
-    report_soft_labels(config, taus, how, src.features, np.asarray(src.codebook, np.float32), workdir)
-    with config.ignore_type():  # the numbers go into config.json: a resumed run and the jitted step use them
-        config.soft.temperature_spec = config.soft.temperature if parse_auto(config.soft.temperature) else ""
-        config.soft.temperature = list(taus)
+                                            else np.zeros((1, 1), np.int32)), repl)
+    set_temperature(config, src, workdir)
 
     tx, schedule = make_optimizer(tc, total)
     setup = setup_state(config, mesh, tx)
-    graph = setup.graph
     ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     state, start, how = checkpoints.restore_or_init(
         ckpt, setup.abstract, setup.init, data_iter, init_from=config.init_from, init_from_keys=("params",),
@@ -379,82 +452,39 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_params = sum(x.size for x in jax.tree.leaves(setup.abstract["params"]))
     metrics.log_line(f"state: {how} (step {start}); {num_params:,} parameters; "
                      f"{sharding.describe(mesh, setup.shardings, setup.abstract)}")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    loop.write_run_config(config, workdir)
 
-    batch_sh = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
-    step_fn = jit_train_step(config, mesh, setup)
-    eval_fn = jax.jit(partial(eval_step, graph=graph, config=config))
-    rqvae_dir = config.rqvae_workdir or meta["rqvae_workdir"]
-    decoder = None
     writer = metrics.create_writer(workdir)
-    progress = metrics.Progress(total, start)
-    guard = checkpoints.PreemptionGuard()
-    last_saved = start if ckpt.latest_step() is not None else None
-    best, bad_evals, scalars, pending, step = float("inf"), 0, {}, [], start
-    peak, flops = metrics.peak_flops(jax.devices()[0], tc.peak_flops), None  # MFU on accelerators only
-    try:
-        while step < total:
-            batch = sharding.global_batch(mesh, {k: v for k, v in next(data_iter).items() if k in batch_sh})
-            state, m = step_fn(state, batch, codebook, text_table)
-            pending.append(m)
-            step += 1
-            if step % tc.log_every == 0 or step == total:
-                m = metrics.mean_finite(pending, step, last_saved, ckpt.directory, "lower config.train.lr.")
-                m["lr"] = float(schedule(step))
-                depth = int(config.model.code_shape[2])
-                line = progress.line(step, {k: m[k] for k in ("loss", "bits_per_code", "acc_d0")})
-                line += " | target H " + "/".join(f"{m[f'target_entropy_d{d}']:.2f}" for d in range(depth)) + " bits"
-                if peak and flops is None:
-                    flops = metrics.step_flops(step_fn, state, batch, codebook, text_table) or 0.0
-                m["steps_per_sec"] = progress.last_rate
-                m.update(metrics.throughput(progress.last_rate, examples_per_step=tc.batch_size,
-                                            tokens_per_step=tc.batch_size * int(np.prod(config.model.code_shape)),
-                                            flops_per_step=flops, peak_per_device=peak, num_devices=mesh.size))
-                writer.write_scalars(step, m)
-                metrics.log_line(line + f" | {m['tokens_per_sec']:,.0f} codes/s"
-                                 + (f" | {m['mfu']:.1%} MFU" if "mfu" in m else ""))
-            stop = guard.should_stop(step)
-            if step % tc.eval_every == 0 or step == total:
-                outs = [jax.device_get(eval_fn(state["params"], {k: jnp.asarray(v) for k, v in b.items()}, codebook,
-                                                text_table))
-                        for b in val_batches]
-                nll = float(np.mean([o[0] for o in outs]))
-                acc = np.mean([o[1] for o in outs], axis=0)
-                scalars = {"eval/nll": nll, "eval/bits_per_code": nll / math.log(2)}
-                scalars.update({f"eval/acc_d{d}": float(a) for d, a in enumerate(acc)})
-                writer.write_scalars(step, scalars)
-                metrics.log_line(f"eval step {step}: {scalars['eval/bits_per_code']:.3f} bits/code "
-                                 f"(log2 K = {math.log2(config.model.vocab_size):.2f}), acc {np.round(acc, 3)}")
-                if nll < best - 1e-4:
-                    best, bad_evals = nll, 0
-                else:
-                    bad_evals += 1
-                if tc.early_stop_patience > 0 and bad_evals >= tc.early_stop_patience:
-                    metrics.log_line(f"early stop at step {step}: no validation improvement in {bad_evals} evals")
-                    stop = True
-            if jax.process_index() == 0 and rqvae_dir and (step % tc.sample_every == 0 or step == total):
-                if decoder is None:
-                    decoder = load_rqvae(rqvae_dir)[0]
-                grid = sample_grid(nnx.merge(graph, state["params"]), codebook, decoder, config,
-                                   jax.random.key(step), meta["num_classes"] if config.model.cond == "class" else 0,
-                                   text_table)
-                path = metrics.save_png(os.path.join(workdir, "images", f"samples_{step:08d}.png"),
-                                        metrics.image_grid(list(grid)), upscale=max(1, 64 // grid.shape[2]))
-                metrics.log_line(f"samples step {step}: {path}")
-            if step % tc.checkpoint_every == 0 or step == total or stop:
-                ckpt.save(step, state, data_iter, force=True)
-                last_saved = step
-            if stop:
-                metrics.log_line(f"stopped: saved step {step} to {ckpt.directory}")
-                break
-    finally:
-        ckpt.close()
-        guard.restore()
-        writer.flush()
-    if jax.process_index() == 0 and scalars:
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(scalars | {"step": step}, f, indent=2)
-    return scalars
+    validation = Validation(config, val_batches, jax.jit(partial(eval_step, graph=setup.graph, config=config)),
+                            codebook, text_table, writer)
+    samples = partial(write_samples, config=config, workdir=workdir, graph=setup.graph, codebook=codebook,
+                      text_table=text_table, rqvae_dir=config.rqvae_workdir or meta["rqvae_workdir"],
+                      num_classes=meta["num_classes"] if config.model.cond == "class" else 0,
+                      load_decoder=cache(lambda d: load_rqvae(d)[0]))
+    _, step = loop.run(loop.Loop(
+        total=total, mesh=mesh, step_fn=jit_train_step(config, mesh, setup),
+        next_args=lambda: (sharding.global_batch(mesh, {k: v for k, v in next(data_iter).items() if k in BATCH_KEYS}),
+                           codebook, text_table),
+        ckpt=ckpt, data_iter=data_iter, writer=writer, log=log_spec(config, schedule), log_every=tc.log_every,
+        checkpoint_every=tc.checkpoint_every,
+        actions=[loop.Action(tc.eval_every, validation), loop.Action(tc.sample_every, samples)],
+        peak_flops=metrics.peak_flops(jax.devices()[0], tc.peak_flops),
+    ), state, start)
+    loop.write_eval_json(workdir, validation.scalars, step)
+    return validation.scalars
+
+
+def log_spec(config: ml_collections.ConfigDict, schedule: Callable) -> loop.LogSpec:
+    """The progress line: loss, bits per code, depth-0 accuracy, the targets' entropy per depth, codes/s."""
+    depth = int(config.model.code_shape[2])
+
+    def suffix(m: dict) -> str:
+        return (" | target H " + "/".join(f"{m[f'target_entropy_d{d}']:.2f}" for d in range(depth)) + " bits"
+                + f" | {m['tokens_per_sec']:,.0f} codes/s")
+
+    return loop.LogSpec(
+        show=("loss", "bits_per_code", "acc_d0"), fix="lower config.train.lr.",
+        extra=lambda step: {"lr": float(schedule(step))}, examples_per_step=config.train.batch_size,
+        tokens_per_step=config.train.batch_size * int(np.prod(config.model.code_shape)), suffix=suffix,
+    )
 

@@ -2,18 +2,19 @@
 
 Read top to bottom:
   1. setup: mesh, data, models, optimizers and the train state (a plain dict pytree);
-  2. the pure train step: (state, batch, lpips) -> (state, metrics), generator then discriminator,
-     EMA codebook update and code restarts inside, jitted with explicit shardings, state donated;
+  2. the pure train step: (state, batch, lpips) -> (state, metrics) from a few pure pieces:
+     `generator_loss` (with `adversarial_loss` and its adaptive weight), `apply_generator` (Adam and
+     the EMA codebook write-back), `discriminator_update`, `step_metrics`; jitted with explicit
+     shardings, state donated, traced and called under `jax.set_mesh`;
   3. evaluation: held-out PSNR and codebook usage, image grids (inputs, reconstructions,
      coarse-to-fine partial reconstructions);
-  4. the loop: resume (workdir -> config.init_from -> scratch), progress lines with steps/s and
-     ETA, periodic checkpoints of the state and the data iterator, SIGTERM saves and exits, a
-     NaN/Inf loss stops the run with the last good checkpoint intact.
+  4. the loop: resume (workdir -> config.init_from -> scratch), then `trainers.loop.run` (progress
+     lines, periodic evaluation, checkpoints of the state and the data iterator, SIGTERM saves and
+     exits, a NaN/Inf loss stops the run with the last good checkpoint intact).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from functools import partial
@@ -29,10 +30,10 @@ from flax import nnx
 from rq_jax import checkpoints, losses, metrics, sharding
 from rq_jax.config_lib import check_known_keys, rqvae_config
 from rq_jax.data.pipeline import build_image_pipeline, eval_batches
-from rq_jax.metrics import TrainingDiverged  # noqa: F401 (re-exported: trainer.TrainingDiverged)
 from rq_jax.models.discriminator import NLayerDiscriminator
 from rq_jax.models.rqvae import RQVAE, CodebookVar
 from rq_jax.quantizer import codebook_usage, ema_dead_codes
+from rq_jax.trainers import loop
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -96,16 +97,15 @@ def setup_state(config: ml_collections.ConfigDict, mesh, tx_gen, tx_disc) -> Sta
 
 def jit_train_step(config: ml_collections.ConfigDict, mesh, setup: StateSetup, lpips_graph, has_lpips: bool):
     """`train_step` jitted with the state's shardings in and out, the batch split over the data axes, and
-    the state donated."""
+    the state donated. Trace, call and lower it under `with jax.set_mesh(mesh):`."""
     repl = sharding.replicated(mesh)
-    jitted = jax.jit(
+    return jax.jit(
         partial(train_step, graphs=setup.graphs, lpips_graph=lpips_graph, config=config,
                 tx_gen=setup.tx_gen, tx_disc=setup.tx_disc),
         in_shardings=(setup.shardings, {"image": sharding.batch_sharding(mesh)}, repl if has_lpips else None),
         out_shardings=(setup.shardings, repl),
         donate_argnums=(0,),
     )
-    return sharding.MeshJit(jitted, mesh, sharding.rules_from_config(config.mesh.get("rules")))
 
 
 def load_perceptual(config: ml_collections.ConfigDict):
@@ -149,88 +149,94 @@ def _conv_kernel_grad(h_BxHxWxC: jax.Array, kernel: jax.Array, cot_BxHxWxO: jax.
     return jax.vjp(conv, kernel)[1](cot_BxHxWxO.astype(h_BxHxWxC.dtype))[0]
 
 
-def train_step(state: dict, batch: dict, lpips_state: Any, *, graphs, lpips_graph, config, tx_gen, tx_disc):
-    """One generator and one discriminator update. Pure: returns the new state and scalar metrics."""
+def perceptual_loss(lpips_graph, lpips_state, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean LPIPS distance of two image batches; 0 without a perceptual network."""
+    if lpips_graph is None:
+        return jnp.float32(0.0)
+    return jnp.mean(nnx.merge(lpips_graph, lpips_state)(a, b))
+
+
+def adversarial_loss(state: dict, recon: jax.Array, nll: jax.Array, nll_vjp: Callable, h: jax.Array,
+                     kernel: jax.Array, *, disc_graph, lc) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(adv_weight * w * g, g, w): the generator's GAN loss g on the reconstruction and its adaptive weight w,
+    the ratio of the NLL's and g's gradient norms at the decoder's last layer (from its input h)."""
+    def g_fn(r):
+        return losses.generator_adv_loss(nnx.merge(disc_graph, state["disc"], state["disc_stats"])(r))
+
+    g, g_vjp = jax.vjp(g_fn, recon)
+    w = jnp.float32(1.0)
+    if lc.adaptive_weight:
+        kernel, hs = jax.lax.stop_gradient(kernel), jax.lax.stop_gradient(h)
+        d_nll = jax.lax.stop_gradient(nll_vjp(jnp.ones_like(nll))[0])
+        d_g = jax.lax.stop_gradient(g_vjp(jnp.ones_like(g))[0])
+        w = losses.adaptive_generator_weight(_conv_kernel_grad(hs, kernel, d_nll), _conv_kernel_grad(hs, kernel, d_g))
+    return lc.adv_weight * w * g, g, w
+
+
+def generator_loss(params: Any, state: dict, x: jax.Array, rng: jax.Array, lpips_state: Any, *, graphs,
+                   lpips_graph, lc) -> tuple[jax.Array, dict]:
+    """(loss, aux): reconstruction + perceptual NLL, beta * commitment, and (once the discriminator is on)
+    the adaptively weighted GAN loss; aux holds the reconstruction, codes and the EMA-updated codebook."""
     gen_graph, disc_graph = graphs
-    lc = config.loss
-    x = batch["image"]
-    rng = jax.random.wrap_key_data(state["rng"])
-    rng, r_fwd = jax.random.split(rng)
-    disc_on = state["step"] >= lc.disc_start
-    d_loss_fn = losses.hinge_d_loss if lc.disc_loss == "hinge" else losses.vanilla_d_loss
+    model = nnx.merge(gen_graph, params, state["codebook"])
+    fwd = model.forward_train(x, rng)
+    rec = losses.reconstruction_loss(x, fwd.recon, lc.recon)
 
-    def perceptual(a, b):
-        if lpips_graph is None:
-            return jnp.float32(0.0)
-        return jnp.mean(nnx.merge(lpips_graph, lpips_state)(a, b))
+    def nll_fn(r):
+        return losses.reconstruction_loss(x, r, lc.recon) + lc.perceptual_weight * perceptual_loss(
+            lpips_graph, lpips_state, x, r)
 
-    def disc_logits(params, images):
-        disc = nnx.merge(disc_graph, params, state["disc_stats"])
-        return disc(images)
+    nll, nll_vjp = jax.vjp(nll_fn, fwd.recon)
+    kernel, zero = model.last_layer_kernel[...], jnp.float32(0.0)
+    adv, g, w = jax.lax.cond(
+        state["step"] >= lc.disc_start,
+        lambda _: adversarial_loss(state, fwd.recon, nll, nll_vjp, fwd.last_features, kernel, disc_graph=disc_graph,
+                                   lc=lc),
+        lambda _: (zero, zero, zero), None)
+    loss = nll + lc.beta * fwd.rq.commit_loss + adv
+    aux = dict(recon=fwd.recon, codes=fwd.rq.codes, codebook=fwd.codebook, rec_loss=rec, nll=nll,
+               commit_loss=fwd.rq.commit_loss, g_loss=g, adaptive_weight=w)
+    return loss, aux
 
-    def gen_loss(params):
-        model = nnx.merge(gen_graph, params, state["codebook"])
-        recon, out, new_cb, h = model.forward_train(x, r_fwd, return_last_features=True)
-        rec = losses.reconstruction_loss(x, recon, lc.recon)
 
-        def nll_fn(r):
-            return losses.reconstruction_loss(x, r, lc.recon) + lc.perceptual_weight * perceptual(x, r)
-
-        def g_fn(r):
-            return losses.generator_adv_loss(disc_logits(state["disc"], r))
-
-        nll, nll_vjp = jax.vjp(nll_fn, recon)
-
-        def with_adv(_):
-            g, g_vjp = jax.vjp(g_fn, recon)
-            if lc.adaptive_weight:
-                kernel = jax.lax.stop_gradient(model.last_layer_kernel[...])
-                hs = jax.lax.stop_gradient(h)
-                d_nll = jax.lax.stop_gradient(nll_vjp(jnp.ones_like(nll))[0])
-                d_g = jax.lax.stop_gradient(g_vjp(jnp.ones_like(g))[0])
-                w = losses.adaptive_generator_weight(
-                    _conv_kernel_grad(hs, kernel, d_nll), _conv_kernel_grad(hs, kernel, d_g)
-                )
-            else:
-                w = jnp.float32(1.0)
-            return lc.adv_weight * w * g, g, w
-
-        zero = jnp.float32(0.0)
-        adv, g, w = jax.lax.cond(disc_on, with_adv, lambda _: (zero, zero, zero), None)
-        loss = nll + lc.beta * out.commit_loss + adv
-        aux = dict(recon=recon, codes=out.codes, codebook=new_cb, rec_loss=rec, nll=nll,
-                   commit_loss=out.commit_loss, g_loss=g, adaptive_weight=w)
-        return loss, aux
-
-    (loss, aux), grads = jax.value_and_grad(gen_loss, has_aux=True)(state["gen"])
+def apply_generator(state: dict, grads: Any, codebook: Any, *, gen_graph, tx_gen) -> tuple[Any, Any, Any]:
+    """(params, Adam state, codebook variable state) after one generator update and the EMA codebook write."""
     updates, gen_opt = tx_gen.update(grads, state["gen_opt"], state["gen"])
     gen = optax.apply_updates(state["gen"], updates)
-    # The new codebook: write the EMA-updated CodebookState back into the codebook variable state.
     model = nnx.merge(gen_graph, gen, state["codebook"])
-    model.set_codebook(aux["codebook"])
-    codebook = nnx.state(model, CodebookVar)
+    model.set_codebook(codebook)  # the EMA-updated CodebookState back into the codebook variable state
+    return gen, gen_opt, nnx.state(model, CodebookVar)
 
-    fake = jax.lax.stop_gradient(aux["recon"])
 
-    def disc_update(_):
-        def d_loss(params):
-            disc = nnx.merge(disc_graph, params, state["disc_stats"])
-            real_logits = disc(x)
-            fake_logits = disc(fake)  # separate calls: each batch gets its own BatchNorm statistics
-            _, _, stats = nnx.split(disc, nnx.Param, ...)
-            return d_loss_fn(real_logits, fake_logits), (stats, jnp.mean(real_logits), jnp.mean(fake_logits))
+def discriminator_update(state: dict, x: jax.Array, fake: jax.Array, *, disc_graph, tx_disc, lc) -> tuple:
+    """(params, Adam state, batch stats, d_loss, mean real logit, mean fake logit) after one discriminator
+    step, or the unchanged state and zeros before `disc_start`."""
+    d_loss_fn = losses.hinge_d_loss if lc.disc_loss == "hinge" else losses.vanilla_d_loss
 
+    def d_loss(params):
+        disc = nnx.merge(disc_graph, params, state["disc_stats"])
+        real_logits = disc(x)
+        fake_logits = disc(fake)  # separate calls: each batch gets its own BatchNorm statistics
+        _, _, stats = nnx.split(disc, nnx.Param, ...)
+        return d_loss_fn(real_logits, fake_logits), (stats, jnp.mean(real_logits), jnp.mean(fake_logits))
+
+    def update(_):
         (dl, (stats, lr_, lf_)), dg = jax.value_and_grad(d_loss, has_aux=True)(state["disc"])
         d_updates, d_opt = tx_disc.update(dg, state["disc_opt"], state["disc"])
         return optax.apply_updates(state["disc"], d_updates), d_opt, stats, dl, lr_, lf_
 
-    def no_disc(_):
+    def skip(_):
         zero = jnp.float32(0.0)
         return state["disc"], state["disc_opt"], state["disc_stats"], zero, zero, zero
 
-    disc, disc_opt, disc_stats, d_loss, logits_real, logits_fake = jax.lax.cond(disc_on, disc_update, no_disc, None)
+    return jax.lax.cond(state["step"] >= lc.disc_start, update, skip, None)
 
-    usage = codebook_usage(aux["codes"], config.model.codebook_size)
+
+def step_metrics(loss: jax.Array, aux: dict, grads: Any, x: jax.Array, fake: jax.Array, disc_out: tuple,
+                 num_codes: int) -> dict:
+    """The step's scalars: losses, logits, PSNR, gradient norm, EMA dead codes, per-depth usage/perplexity."""
+    d_loss, logits_real, logits_fake = disc_out[3:]
+    usage = codebook_usage(aux["codes"], num_codes)
     mse = jnp.mean(jnp.square(fake - x), axis=(1, 2, 3))
     m = dict(
         loss=loss, rec_loss=aux["rec_loss"], nll=aux["nll"], commit_loss=aux["commit_loss"],
@@ -241,10 +247,29 @@ def train_step(state: dict, batch: dict, lpips_state: Any, *, graphs, lpips_grap
     for d in range(usage["usage"].shape[0]):
         m[f"codebook/usage_d{d}"] = usage["usage"][d]
         m[f"codebook/perplexity_d{d}"] = usage["perplexity"][d]
-    new_state = dict(
-        step=state["step"] + 1, gen=gen, gen_opt=gen_opt, codebook=codebook, disc=disc,
-        disc_stats=disc_stats, disc_opt=disc_opt, rng=jax.random.key_data(rng),
-    )
+    return m
+
+
+def train_step(state: dict, batch: dict, lpips_state: Any, *, graphs, lpips_graph, config, tx_gen, tx_disc):
+    """One generator and one discriminator update. Pure: returns the new state and scalar metrics.
+
+    The run's logical-axis rules are entered here, inside the traced body (call it under `jax.set_mesh`)."""
+    with sharding.axis_rules(sharding.rules_from_config(config.mesh.get("rules"))):
+        lc, x = config.loss, batch["image"]
+        rng = jax.random.wrap_key_data(state["rng"])
+        rng, r_fwd = jax.random.split(rng)
+        (loss, aux), grads = jax.value_and_grad(
+            partial(generator_loss, graphs=graphs, lpips_graph=lpips_graph, lc=lc), has_aux=True,
+        )(state["gen"], state, x, r_fwd, lpips_state)
+        gen, gen_opt, codebook = apply_generator(state, grads, aux["codebook"], gen_graph=graphs[0], tx_gen=tx_gen)
+        fake = jax.lax.stop_gradient(aux["recon"])
+        disc_out = discriminator_update(state, x, fake, disc_graph=graphs[1], tx_disc=tx_disc, lc=lc)
+        m = step_metrics(loss, aux, grads, x, fake, disc_out, config.model.codebook_size)
+        disc, disc_opt, disc_stats = disc_out[:3]
+        new_state = dict(
+            step=state["step"] + 1, gen=gen, gen_opt=gen_opt, codebook=codebook, disc=disc,
+            disc_stats=disc_stats, disc_opt=disc_opt, rng=jax.random.key_data(rng),
+        )
     return new_state, m
 
 
@@ -287,18 +312,42 @@ def write_images(workdir: str, step: int, arrays: dict, n: int = 8) -> str:
 # ---------------------------------------------------------------------------------------------------
 # 4. The loop
 # ---------------------------------------------------------------------------------------------------
+class Evaluation:
+    """The periodic evaluation action: held-out scalars to TensorBoard, image grids every `image_every`
+    steps (process 0); keeps the last scalars for eval.json."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, eval_set: list, eval_fn: Callable,
+                 writer: Any, total: int):
+        self.config, self.workdir, self.eval_set, self.eval_fn = config, workdir, eval_set, eval_fn
+        self.writer, self.total, self.scalars = writer, total, {}
+
+    def __call__(self, step: int, state: dict) -> None:
+        self.scalars, arrays = evaluate(state, self.eval_set, self.eval_fn, self.config.model.codebook_size)
+        self.writer.write_scalars(step, self.scalars)
+        if jax.process_index() == 0 and loop.due(step, self.config.train.image_every, self.total):
+            path = write_images(self.workdir, step, arrays)
+            self.writer.write_images(step, {"recon": metrics.image_grid(
+                [arrays["image"][:8]] + [p[:8] for p in arrays["partial"]])[None]})
+            metrics.log_line(f"eval step {step}: PSNR {self.scalars['eval/psnr']:.2f} dB; images {path}")
+
+
+def check_batch_size(batch_size: int, mesh) -> None:
+    """The global batch must split evenly over the data-parallel devices and the processes."""
+    dp = sharding.data_parallel_size(mesh)
+    if batch_size % dp or batch_size % jax.process_count():
+        raise ValueError(
+            f"config.train.batch_size={batch_size} must be divisible by the {dp} data-parallel devices "
+            f"and {jax.process_count()} processes."
+        )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains stage 1 in `workdir` (resuming if it holds checkpoints); returns the last eval scalars."""
     check_known_keys(config, rqvae_config())
     os.makedirs(workdir, exist_ok=True)
     tc = config.train
     mesh = sharding.mesh_from_run_config(config.mesh)
-    dp = sharding.data_parallel_size(mesh)
-    if tc.batch_size % dp or tc.batch_size % jax.process_count():
-        raise ValueError(
-            f"config.train.batch_size={tc.batch_size} must be divisible by the {dp} data-parallel devices "
-            f"and {jax.process_count()} processes."
-        )
+    check_batch_size(tc.batch_size, mesh)
     local_bs = tc.batch_size // jax.process_count()
     data_iter, info = build_image_pipeline(config.data, split="train", batch_size=local_bs, seed=config.seed)
     eval_set, _ = eval_batches(config.data, batch_size=min(local_bs, 32), num_batches=tc.eval_batches)
@@ -315,60 +364,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         init_from=config.init_from, init_from_keys=("gen", "codebook", "disc", "disc_stats"),
     )
     metrics.log_line(f"state: {how} (step {start}); {sharding.describe(mesh, setup.shardings, setup.abstract)}")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    loop.write_run_config(config, workdir)
 
-    step_fn = jit_train_step(config, mesh, setup, lpips_graph, lpips_state is not None)
-    gen_graph = setup.graphs[0]
-    eval_fn = jax.jit(partial(eval_step, gen_graph=gen_graph))
     writer = metrics.create_writer(workdir)
-    progress = metrics.Progress(total, start)
-    guard = checkpoints.PreemptionGuard()
-    last_saved, scalars = start if ckpt.latest_step() is not None else None, {}
-    peak, flops = metrics.peak_flops(jax.devices()[0], tc.peak_flops), None  # MFU on accelerators only
-    step, pending = start, []
-    try:
-        while step < total:
-            local = next(data_iter)
-            batch = sharding.global_batch(mesh, {"image": local["image"]})
-            state, m = step_fn(state, batch, lpips_state)
-            pending.append(m)  # device arrays: no host sync until the log step
-            step += 1
-            if step % tc.log_every == 0 or step == total:
-                m = metrics.mean_finite(pending, step, last_saved, ckpt.directory,
-                                        "lower config.train.lr or enable config.train.grad_clip and restart.")
-                m["lr"] = float(lr_gen(step))
-                m["skipped_images"] = info.skipped.count
-                line = progress.line(step, {k: m[k] for k in ("loss", "rec_loss", "commit_loss", "psnr", "d_loss")})
-                if peak and flops is None:
-                    flops = metrics.step_flops(step_fn, state, batch, lpips_state) or 0.0
-                m["steps_per_sec"] = progress.last_rate
-                m.update(metrics.throughput(progress.last_rate, examples_per_step=tc.batch_size, flops_per_step=flops,
-                                            peak_per_device=peak, num_devices=mesh.size))
-                writer.write_scalars(step, m)
-                metrics.log_line(line + (f" | {m['mfu']:.1%} MFU" if "mfu" in m else ""))
-            if step % tc.eval_every == 0 or step == total:
-                scalars, arrays = evaluate(state, eval_set, eval_fn, config.model.codebook_size)
-                writer.write_scalars(step, scalars)
-                if jax.process_index() == 0 and (step % tc.image_every == 0 or step == total):
-                    path = write_images(workdir, step, arrays)
-                    writer.write_images(step, {"recon": metrics.image_grid(
-                        [arrays["image"][:8]] + [p[:8] for p in arrays["partial"]])[None]})
-                    metrics.log_line(f"eval step {step}: PSNR {scalars['eval/psnr']:.2f} dB; images {path}")
-            stop = guard.should_stop(step)
-            if step % tc.checkpoint_every == 0 or step == total or stop:
-                ckpt.save(step, state, data_iter, force=True)
-                last_saved = step
-            if stop:
-                metrics.log_line(f"preempted: saved step {step} to {ckpt.directory}; rerun the same command to resume")
-                break
-    finally:
-        ckpt.close()
-        guard.restore()
-        writer.flush()
-    if jax.process_index() == 0 and scalars:
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump({k: float(v) for k, v in scalars.items()} | {"step": step}, f, indent=2)
-    return {k: float(v) for k, v in scalars.items()}
+    evaluation = Evaluation(config, workdir, eval_set, jax.jit(partial(eval_step, gen_graph=setup.graphs[0])),
+                            writer, total)
+    log = loop.LogSpec(
+        show=("loss", "rec_loss", "commit_loss", "psnr", "d_loss"),
+        fix="lower config.train.lr or enable config.train.grad_clip and restart.",
+        extra=lambda step: {"lr": float(lr_gen(step)), "skipped_images": info.skipped.count},
+        examples_per_step=tc.batch_size,
+    )
+    _, step = loop.run(loop.Loop(
+        total=total, mesh=mesh, step_fn=jit_train_step(config, mesh, setup, lpips_graph, lpips_state is not None),
+        next_args=lambda: (sharding.global_batch(mesh, {"image": next(data_iter)["image"]}), lpips_state),
+        ckpt=ckpt, data_iter=data_iter, writer=writer, log=log, log_every=tc.log_every,
+        checkpoint_every=tc.checkpoint_every, actions=[loop.Action(tc.eval_every, evaluation)],
+        stop_line="preempted: saved step {step} to {directory}; rerun the same command to resume",
+        peak_flops=metrics.peak_flops(jax.devices()[0], tc.peak_flops),
+    ), state, start)
+    loop.write_eval_json(workdir, evaluation.scalars, step)
+    return {k: float(v) for k, v in evaluation.scalars.items()}
 

@@ -28,10 +28,10 @@ RELEASED = sorted(
 TOL = 1e-4
 
 
-@nnx.jit(static_argnames=("train", "return_cond_logits"))
-def _forward(model, codes, cond, codebook, rng=None, drop_cond=None, train=False, return_cond_logits=False):
-    return model(codes, cond, codebook_KxC=codebook, train=train, rng=rng, drop_cond=drop_cond,
-                 return_cond_logits=return_cond_logits)
+@nnx.jit(static_argnames=("train", "with_cond_logits"))
+def _forward(model, codes, cond, codebook, rng=None, drop_cond=None, train=False, with_cond_logits=False):
+    fn = model.forward_with_cond_logits if with_cond_logits else model
+    return fn(codes, cond, codebook_KxC=codebook, train=train, rng=rng, drop_cond=drop_cond)
 
 
 def _official_params(golden) -> dict[str, np.ndarray]:
@@ -158,7 +158,7 @@ def test_cached_path_matches_full_forward(cond):
 def test_text_conditioning_layout():
     model = _small_model("text")
     codes, c, codebook = _small_inputs(model)
-    logits, cond_logits = _forward(model, codes, c, codebook, return_cond_logits=True)
+    logits, cond_logits = _forward(model, codes, c, codebook, with_cond_logits=True)
     assert logits.shape == (2, 3, 4, 3, 16) and cond_logits.shape == (2, 3, 11)
     assert model.spatial_len == 4 + 12 - 1
     # the paper's CC-3M layout: 32 text tokens + 8x8 codes -> 95 spatial tokens
@@ -167,7 +167,7 @@ def test_text_conditioning_layout():
     assert abstract.spatial_len == 95
     # changing the last text token changes the first image position's logits; earlier tokens' cond logits don't
     c2 = c.at[:, -1].set((c[:, -1] + 1) % 11)
-    logits2, cond_logits2 = _forward(model, codes, c2, codebook, return_cond_logits=True)
+    logits2, cond_logits2 = _forward(model, codes, c2, codebook, with_cond_logits=True)
     assert not np.allclose(np.asarray(logits2[:, 0, 0, 0]), np.asarray(logits[:, 0, 0, 0]))
     np.testing.assert_array_equal(np.asarray(cond_logits2), np.asarray(cond_logits))
 
@@ -241,8 +241,8 @@ def test_dropout_and_gradients():
         model(codes, c, codebook_KxC=codebook, train=True)
 
     def loss_fn(m: RQTransformer) -> jax.Array:
-        logits, cond_logits = m(codes, c, codebook_KxC=codebook, train=True, rng=jax.random.key(3),
-                                return_cond_logits=True)
+        logits, cond_logits = m.forward_with_cond_logits(codes, c, codebook_KxC=codebook, train=True,
+                                                         rng=jax.random.key(3))
         nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), codes[..., None], -1).mean()
         text_nll = -jnp.take_along_axis(jax.nn.log_softmax(cond_logits), c[:, 1:, None], -1).mean()
         return nll + 0.1 * text_nll

@@ -74,7 +74,7 @@ def model(golden):
 def eval_outputs(model, golden):
     @nnx.jit
     def run(m, x, zq):
-        recon, out = m(x)
+        recon, out, *_ = m(x)
         codes = m.encode(x)
         return dict(
             z=m.encode_features(x), recon=recon, out=out, codes=codes,
@@ -118,7 +118,7 @@ def train_step(model):
     def step(params, codebook, x):
         def loss_fn(params, codebook):
             m = nnx.merge(graphdef, params, codebook)
-            recon, out, new_state, h = m.forward_train(x, None, return_last_features=True)
+            recon, out, new_state, h = m.forward_train(x, None)
             return jnp.mean(jnp.square(recon - x)) + 0.25 * out.commit_loss, (out, new_state, recon, h)
 
         return jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(params, codebook)
@@ -162,8 +162,8 @@ def test_train_with_dropout_and_restarts(golden):
     with pytest.raises(ValueError, match="PRNG key"):
         model.forward_train(x, None)
     fwd = nnx.jit(lambda m, x, rng: m.forward_train(x, rng))
-    r1, out1, s1 = jax.device_get(fwd(model, x, jax.random.key(1)))
-    r2, out2, s2 = jax.device_get(fwd(model, x, jax.random.key(2)))
+    r1, out1, s1, _ = jax.device_get(fwd(model, x, jax.random.key(1)))
+    r2, out2, s2, _ = jax.device_get(fwd(model, x, jax.random.key(2)))
     assert not np.allclose(r1, r2)  # dropout is on in training mode
     # Restarts: codes whose EMA count falls below 1 restart from current vectors with a count of 1, so
     # every count ends >= 1 and the statistics differ from the golden no-restart update.
@@ -275,9 +275,8 @@ def test_shapes_for_code_shapes(overrides, code_shape):
     codes_in = jax.ShapeDtypeStruct((2, *code_shape), jnp.int32)
 
     def run(m, x, codes):
-        recon, out = m(x)
-        recon_t, out_t, state = m(x, train=True)  # = forward_train(x, None): restarts and dropout off
-        *_, h = m.forward_train(x, None, return_last_features=True)
+        recon, out, *_ = m(x)
+        recon_t, out_t, state, h = m(x, train=True)  # = forward_train(x, None): restarts and dropout off
         return dict(z=m.encode_features(x), codes=m.encode(x), recon=recon, out=out, recon_t=recon_t,
                     state=state, dec=m.decode(codes), part=m.decode_partial(codes, 1), h=h)
 
@@ -298,7 +297,7 @@ def test_bfloat16_compute_keeps_float32_params_and_bottleneck():
     assert model.encoder.conv_in.kernel.get_value().dtype == jnp.float32
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     z = nnx.eval_shape(lambda m, x: m.encode_features(x), model, x)
-    recon, out = nnx.eval_shape(lambda m, x: m(x), model, x)
+    recon, out, _, _ = nnx.eval_shape(lambda m, x: m(x), model, x)
     assert z.dtype == out.quantized.dtype == recon.dtype == jnp.float32
 
 

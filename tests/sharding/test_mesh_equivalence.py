@@ -67,7 +67,8 @@ def stage1_steps(config, mesh, images, num_steps=2):
     losses = []
     for i in range(num_steps):
         batch = sharding.global_batch(mesh, {"image": images[i]})
-        state, m = step(state, batch, None)
+        with jax.set_mesh(mesh):
+            state, m = step(state, batch, None)
         losses.append(float(m["loss"]))
     return losses, jax.device_get(state), split_leaves(state)
 
@@ -118,7 +119,8 @@ def stage2_steps(config, mesh, batches, codebook, num_steps=2):
     text_table = jnp.zeros((1, 1), jnp.int32)
     losses = []
     for i in range(num_steps):
-        state, m = step(state, sharding.global_batch(mesh, batches[i]), codebook, text_table)
+        with jax.set_mesh(mesh):
+            state, m = step(state, sharding.global_batch(mesh, batches[i]), codebook, text_table)
         losses.append(float(m["loss"]))
     return losses, jax.device_get(state), split_leaves(state)
 
@@ -186,11 +188,10 @@ def test_activation_constraints_apply_only_inside_the_mesh_context():
     def f(a):
         return sharding.constrain(a * 2, "batch", None, "heads")
 
-    def g(a):  # a function of its own: jit caches traces per function, and the context is read when tracing
-        return sharding.constrain(a * 2, "batch", None, "heads")
-
-    assert len(jax.jit(f)(x).sharding.device_set) == 1  # no context: untouched, stays on its one device
-    y = sharding.MeshJit(jax.jit(g), mesh)(x)
+    jitted = jax.jit(f)  # the same jitted function: the mesh context is part of jit's cache key
+    assert len(jitted(x).sharding.device_set) == 1  # no context: untouched, stays on its one device
+    with jax.set_mesh(mesh):
+        y = jitted(x)
     assert y.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")
     np.testing.assert_array_equal(np.asarray(y), 2 * np.ones((8, 6, 4)))
 

@@ -198,7 +198,8 @@ def one_process_reference(c, num_processes: int = 2):
     losses = {}
     for i in range(total):
         images = np.concatenate([next(it)["image"] for it, _ in its])
-        state, m = step(state, sharding.global_batch(mesh, {"image": images}), None)
+        with jax.set_mesh(mesh):
+            state, m = step(state, sharding.global_batch(mesh, {"image": images}), None)
         losses[i + 1] = float(m["loss"])
     return losses, jax.device_get(state), setup
 

@@ -35,8 +35,9 @@ def one_step(c):
     batch = dict(features=rng.normal(size=(8, h, w, c.model.embed_dim)).astype(np.float32),
                  label=rng.integers(0, c.model.num_classes, size=8).astype(np.int32), caption=np.zeros(8, np.int32))
     codebook = jnp.asarray(rng.normal(size=(c.model.vocab_size, c.model.embed_dim)).astype(np.float32))
-    state, m = t2.jit_train_step(c, mesh, setup)(setup.init(), sharding.global_batch(mesh, batch), codebook,
-                                                 jnp.zeros((1, 1), jnp.int32))
+    with jax.set_mesh(mesh):
+        state, m = t2.jit_train_step(c, mesh, setup)(setup.init(), sharding.global_batch(mesh, batch), codebook,
+                                                     jnp.zeros((1, 1), jnp.int32))
     return jax.device_get(state), jax.device_get(m)
 
 
@@ -71,8 +72,9 @@ def cc3m_step(text_w):
     batch = dict(features=rng.normal(size=(4, h, w, c.model.embed_dim)).astype(np.float32),
                  label=np.zeros(4, np.int32), caption=np.arange(4, dtype=np.int32))
     codebook = jnp.asarray(rng.normal(size=(c.model.vocab_size, c.model.embed_dim)).astype(np.float32))
-    state, m = t2.jit_train_step(c, mesh, setup)(setup.init(), sharding.global_batch(mesh, batch), codebook,
-                                                 jnp.asarray(table))
+    with jax.set_mesh(mesh):
+        state, m = t2.jit_train_step(c, mesh, setup)(setup.init(), sharding.global_batch(mesh, batch), codebook,
+                                                     jnp.asarray(table))
     return jax.device_get(state), float(m["loss"])
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from rq_jax.metrics import TrainingDiverged
 from rq_jax.trainers import rqvae as trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -141,7 +142,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypat
     trainer.train(tiny_config(2, tmp_path), "w")
     c = tiny_config(4, tmp_path)
     c.train.lr = 1e30  # Adam steps of size ~lr: the parameters overflow at once
-    with pytest.raises(trainer.TrainingDiverged, match=r"became NaN/Inf; the last good checkpoint is step 2"):
+    with pytest.raises(TrainingDiverged, match=r"became NaN/Inf; the last good checkpoint is step 2"):
         trainer.train(c, "w")
     assert sorted(os.listdir(wd / "checkpoints")) == ["2"]
     assert int(saved_state(wd, 2)["step"]) == 2
