@@ -14,7 +14,7 @@ import pathlib  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-DATA_DIR = pathlib.Path(__file__).parent / "data"
+DATA_DIR = pathlib.Path(__file__).parent / "golden"
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 # Trainer tests compile the same step several times (resume, SIGTERM, configs): a persistent
@@ -30,7 +30,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def golden():
-    """The official PyTorch implementation's tiny-model parameters and outputs (see tests/data/README.md)."""
+    """The official PyTorch implementation's tiny-model parameters and outputs (see tests/golden/README.md)."""
     with np.load(DATA_DIR / "official_tiny.npz") as f:
         return {k: f[k] for k in f.files}
 

@@ -11,7 +11,7 @@ K = 16384 and n_z = 256 come from it. The condition is <= 32 BPE tokens (text_vo
 the spatial sequence (T = 32 + 64 - 1 = 95 inputs); tau 0.5; samples with top-k 1024, top-p 0.9.
 
 Layers: Table 5 lists 24 spatial layers, but the released state dict
-(tests/data/official_state_dicts/cc3m-rqtransformer-8x8x4-650M.txt) and the official yaml have 26, and only
+(tests/golden/official_state_dicts/cc3m-rqtransformer-8x8x4-650M.txt) and the official yaml have 26, and only
 26 gives the 654M parameters of Table 5; this config follows the release.
 Text: the tokenizer is trained on the captions (`text.vocab_size` 16384), or pass the official CharBPE files
 with `--config.text.tokenizer=DIR` (vocab.json + merges.txt of bpe16k_huggingface). As the official run, it

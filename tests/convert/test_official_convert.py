@@ -1,6 +1,6 @@
 """`python -m rq_jax.convert official`: official PyTorch checkpoints -> rq_jax run directories.
 
-  (a) every released state dict (tests/data/official_state_dicts) maps at full size: zero-stride stand-ins with
+  (a) every released state dict (tests/golden/official_state_dicts) maps at full size: zero-stride stand-ins with
       the real names and shapes, yaml synthesised from the official configs' values, a shape-only pass;
   (b) numeric round trips through files and the CLI: shrunk copies of the released CC-3M (text, yaml, tokenizer)
       and FFHQ (no yaml) checkpoints, random values -> model.pt -> CLI -> loaders -> arrays in Flax layouts;
@@ -35,7 +35,7 @@ from rq_jax.convert.official_yaml import STAGE1, STAGE2
 HAVE_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("yaml") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="the official converter needs torch and pyyaml")
 
-DATA = pathlib.Path(__file__).parents[1] / "data"
+DATA = pathlib.Path(__file__).parents[1] / "golden"
 STATE_DICTS = DATA / "official_state_dicts"
 
 # The official configs' values (kakaobrain/rq-vae-transformer configs/*.yaml) for every released state dict.
@@ -374,7 +374,7 @@ def test_shrunk_ffhq_without_yaml_round_trip(tmp_path):
 
 # ---- (c) the golden tiny official model through the CLI ----------------------------------------------------
 def tiny_stage1_yaml():
-    """The golden tiny RQ-VAE (tests/data/README.md) as an official config.yaml."""
+    """The golden tiny RQ-VAE (tests/golden/README.md) as an official config.yaml."""
     y = stage1_yaml(64, [8], "imagenet", ch=32, z=32, embed=32, ch_mult=(1, 2, 2, 4), res=64, num_res_blocks=1)
     y["arch"]["hparams"]["restart_unused_codes"] = False
     return y

@@ -21,7 +21,7 @@ from rq_jax.convert.rq_transformer import (
 )
 from rq_jax.models.rq_transformer import RQTransformer, logits_with_cache, rq_transformer_model_config
 
-DATA = pathlib.Path(__file__).parents[1] / "data"
+DATA = pathlib.Path(__file__).parents[1] / "golden"
 RELEASED = sorted(
     p for p in (DATA / "official_state_dicts").glob("*.txt") if "rqtransformer" in p.name or "sqgan" in p.name
 )

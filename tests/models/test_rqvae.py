@@ -21,12 +21,12 @@ from rq_jax.convert.rqvae import (
 from rq_jax.models import LAST_LAYER_PATH, RQVAE, CodebookVar, QuantizerConfig, rqvae_model_config
 from rq_jax.quantizer import CodebookState
 
-STATE_DICTS = pathlib.Path(__file__).parents[1] / "data" / "official_state_dicts"
+STATE_DICTS = pathlib.Path(__file__).parents[1] / "golden" / "official_state_dicts"
 PREFIX = "vae/param/"
 
 
 def tiny_config(**overrides):
-    """The golden tiny RQ-VAE (tests/data/README.md), restarts off as in the golden training forward."""
+    """The golden tiny RQ-VAE (tests/golden/README.md), restarts off as in the golden training forward."""
     kw = dict(resolution=64, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,),
               z_channels=32, embed_dim=32, codebook_size=64, code_shape=(8, 8, 4),
               quantizer=dict(restart=False))
