@@ -19,6 +19,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -26,6 +27,14 @@ from etils import epath
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be used; the message names it and the fix."""
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """True when every floating-point leaf of `tree` is finite (one fused reduction on the devices)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _manager(directory: epath.PathLike, *, max_to_keep: int | None, async_save: bool, with_data: bool):
@@ -61,6 +70,12 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
         """Restores `state` (onto the shardings of `abstract_state`) and the iterator in place."""
+        differs = shape_difference(self.directory / str(step) / "state", abstract_state)
+        if differs:
+            raise CheckpointError(
+                f"This config describes another model than the checkpoint {self.directory / str(step)} ({differs}); "
+                "resume with the run's own config (its config.json) or start with a new --workdir."
+            )
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         if self.with_data and data_iter is not None:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
@@ -82,6 +97,30 @@ class Checkpointer:
         self.manager.close()
 
 
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+    """Leaf shapes keyed by a path string that is the same for a live state (nnx Variables) and saved metadata."""
+    out = {}
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    for path, leaf in leaves:
+        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        out["/".join(n for n in names if n != "value")] = tuple(leaf.shape)
+    return out
+
+
+def shape_difference(state_dir: epath.Path, abstract_state: Any) -> str | None:
+    """The first array whose saved shape differs from `abstract_state`'s ("gen/... is (3, 3, 3, 128) in the
+    checkpoint and (3, 3, 3, 64) in this config"), or None (also when the metadata cannot be read)."""
+    try:
+        meta = ocp.StandardCheckpointer().metadata(state_dir)
+        saved = _shapes_by_path(getattr(getattr(meta, "item_metadata", meta), "tree", meta))
+    except Exception:  # noqa: BLE001 - no readable metadata: the restore itself reports the problem
+        return None
+    for key, shape in _shapes_by_path(abstract_state).items():
+        if key in saved and saved[key] != shape:
+            return f"{key} is {saved[key]} in the checkpoint and {shape} in this config"
+    return None
+
+
 def restore_or_init(
     ckpt: Checkpointer,
     abstract_state: Any,
@@ -96,6 +135,13 @@ def restore_or_init(
     latest = ckpt.latest_step()
     if latest is not None:
         state = ckpt.restore(latest, abstract_state, data_iter)
+        if not bool(all_finite(state)):
+            earlier = [s for s in sorted(ckpt.manager.all_steps()) if s < latest]
+            fix = f"to resume from step {earlier[-1]}" if earlier else "(no earlier step is kept)"
+            raise CheckpointError(
+                f"The checkpoint {ckpt.directory / str(latest)} holds NaN/Inf values (the run had diverged); move "
+                f"that step directory aside {fix}, or start with a new --workdir (nothing was deleted)."
+            )
         return state, step_of(state), f"resumed from {ckpt.directory / str(latest)}"
     state = init_fn()
     if init_from:

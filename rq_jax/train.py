@@ -3,6 +3,11 @@
 Parses the ml_collections config (overrides such as `--config.train.batch_size=64` work), calls
 `jax.distributed.initialize()` when launched on a cluster (or with `--coordinator`), and dispatches
 on `config.stage`. Re-running the same command resumes from the workdir's latest checkpoint.
+
+One run per workdir: a second one stops with a sentence naming the first (`--force` takes the workdir
+over). User errors (a misspelt config key, a missing file, a diverged run) print one line `error: ...`
+and exit 1 (2 for bad flags; 130 after Ctrl-C, which saves a checkpoint first); `--debug` or
+RQ_JAX_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -13,12 +18,16 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from rq_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a .py with get_config(arg)).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and images.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 for a multi-process run.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (with --coordinator).")
+_FORCE = flags.DEFINE_bool("force", False, "Take the workdir over even if another live run holds its lock.")
+flags.DEFINE_bool("debug", False, "Show tracebacks of errors (also RQ_JAX_DEBUG=1).")
 
 
 def _maybe_initialize_distributed() -> None:
@@ -32,24 +41,72 @@ def _maybe_initialize_distributed() -> None:
             jax.distributed.initialize()
 
 
+def train(config, workdir: str) -> None:
+    """Dispatches on config.stage, holding the workdir's lock (process 0) while the run lasts."""
+    import jax
+
+    from rq_jax.workdir_lock import WorkdirLock
+
+    stage = config.get("stage", None)
+    if stage not in ("rqvae", "rq_transformer"):
+        raise cli.UsageError(f"config.stage={stage!r} has no trainer; known stages: 'rqvae', 'rq_transformer'.")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise cli.UsageError(f"--workdir {workdir} is a file, not a directory; give a directory for the run.")
+    with WorkdirLock(workdir, force=_FORCE.value, enabled=jax.process_index() == 0 and "://" not in workdir):
+        if stage == "rqvae":
+            from rq_jax.trainers.rqvae import train as train_rqvae
+
+            train_rqvae(config, workdir)
+        else:
+            from rq_jax.trainers.rq_transformer import train as train_transformer
+
+            train_transformer(config, workdir)
+
+
 def main(argv: list[str]) -> None:
     del argv
-    if _CONFIG.value is None or not _WORKDIR.value:
-        sys.exit("Usage: python -m rq_jax.train --config configs/rqvae/demo.py --workdir /tmp/rqvae_demo")
+    try:
+        config = _CONFIG.value  # a file that failed to load is a placeholder that raises on first use
+        if config is not None:
+            config.get("stage", None)
+    except Exception as e:  # noqa: BLE001 - loading runs the config file: any failure is a config error
+        if cli.debug_requested(sys.argv[1:]):
+            raise
+        print(f"error: {config_error(e, sys.argv)}", file=sys.stderr)
+        sys.exit(2)
+    if config is None or not _WORKDIR.value:
+        print("error: usage: python -m rq_jax.train --config configs/rqvae/demo.py --workdir /tmp/rqvae_demo",
+              file=sys.stderr)
+        sys.exit(2)
     logging.set_verbosity(logging.WARNING)  # our progress lines are printed; orbax's INFO is noise
     _maybe_initialize_distributed()
-    config = _CONFIG.value
-    stage = config.get("stage", None)
-    if stage == "rqvae":
-        from rq_jax.trainers.rqvae import train
+    cli.guard(lambda _: train(config, _WORKDIR.value), sys.argv[1:])
 
-        train(config, _WORKDIR.value)
-    elif stage == "rq_transformer":
-        from rq_jax.trainers.rq_transformer import train as train_transformer
 
-        train_transformer(config, _WORKDIR.value)
-    else:
-        sys.exit(f"config.stage={stage!r} has no trainer; known stages: 'rqvae', 'rq_transformer'.")
+def config_error(error: BaseException, argv: list[str]) -> str:
+    """One sentence for a config that could not be loaded: the root cause's last line (ml_collections wraps
+    the config file's own error in several layers), or the override naming a key the config lacks."""
+    root = error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    if isinstance(root, (AttributeError, KeyError)):  # ml_collections: an override names a key the config lacks
+        key = cli.one_line(root).strip("\"'")
+        given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
+        where = f" ({given[0]})" if given else ""
+        return f"the config has no key {key!r}{where}; check its spelling against the config file."
+    lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(root).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors (a missing or broken config file, a misspelt override key)."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - parsing runs the config file: any failure is a config error
+        if cli.debug_requested(argv[1:]):
+            raise
+        print(f"error: {config_error(e, argv)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
@@ -58,4 +115,4 @@ if __name__ == "__main__":
     from rq_jax.config_lib import add_config_root_from_argv
 
     add_config_root_from_argv(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

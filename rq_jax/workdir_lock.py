@@ -3,9 +3,9 @@
 Two runs writing checkpoints into one workdir silently overwrite each other's steps. `WorkdirLock` writes
 `<workdir>/lock.json` ({host, pid, since, heartbeat}) when a run starts and removes it when the run ends; a
 second run on the same workdir stops with one sentence naming the holder. A lock is stale, and is taken
-over with a warning, when its process is gone (same host) or its heartbeat (refreshed by the training
-loop) is older than `stale_after_s` (another host, where the process cannot be checked); `force=True`
-(`--force`) takes over any lock. Only process 0 of a multi-host run holds the lock.
+over with a warning, when its process is gone (same host) or its heartbeat (refreshed every minute by a
+background thread while the run lives) is older than `stale_after_s` (another host, where the process
+cannot be checked); `force=True` (`--force`) takes over any lock. Only process 0 of a multi-host run holds the lock.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -39,12 +40,15 @@ def _alive(pid: int) -> bool:
 class WorkdirLock:
     """`with WorkdirLock(workdir):` holds the workdir for this run (see the module docstring)."""
 
-    def __init__(self, workdir: str, *, force: bool = False, stale_after_s: float = 600.0, enabled: bool = True):
+    def __init__(self, workdir: str, *, force: bool = False, stale_after_s: float = 600.0, enabled: bool = True,
+                 beat_every_s: float = 60.0):
         self.path = epath.Path(workdir) / LOCK_NAME
         self.force, self.stale_after_s, self.enabled = force, stale_after_s, enabled
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.held = False
         self._last_beat = 0.0
+        self._beat_every_s = beat_every_s
+        self._stop = threading.Event()
 
     def holder(self) -> dict[str, Any] | None:
         """The lock's content, or None when there is no readable lock."""
@@ -82,7 +86,15 @@ class WorkdirLock:
         now = time.time()
         self._write({"host": self.host, "pid": self.pid, "since": now, "heartbeat": now})
         self.held = True
+        threading.Thread(target=self._beat, daemon=True, name="workdir-lock-heartbeat").start()
         return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._beat_every_s) and self.held:
+            try:
+                self.heartbeat(min_interval_s=0.0)
+            except OSError as e:  # a flaky file system must not stop training
+                logging.warning("Could not refresh the lock %s: %s", self.path, e)
 
     def _write(self, info: dict[str, Any]) -> None:
         tmp = self.path.parent / f".{LOCK_NAME}.{self.pid}.tmp"
@@ -103,6 +115,7 @@ class WorkdirLock:
         self._write({**(info or {"host": self.host, "pid": self.pid, "since": time.time()}), "heartbeat": time.time()})
 
     def release(self) -> None:
+        self._stop.set()
         if not self.held:
             return
         info = self.holder()

@@ -144,3 +144,26 @@ def test_preemption_guard_ctrl_c_sets_the_flag_and_a_second_one_interrupts():
     finally:
         guard.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resume_refuses_a_non_finite_checkpoint_naming_the_good_step(tmp_path):
+    ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False, with_data=False)
+    ckpt.save(4, _state(4))
+    bad = _state(6)
+    bad["params"]["w"] = bad["params"]["w"].at[0, 0].set(jnp.nan)
+    ckpt.save(6, bad)
+    with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/6 holds NaN/Inf values .* aside to resume "
+                                                          r"from step 4"):
+        checkpoints.restore_or_init(ckpt, _abstract(_state()), lambda: _state())
+    ckpt.close()
+
+
+def test_resume_with_other_shapes_names_the_first_differing_array(tmp_path):
+    ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False, with_data=False)
+    ckpt.save(1, _state(1))
+    other = _state()
+    other["params"]["w"] = jnp.zeros((3, 8))
+    with pytest.raises(checkpoints.CheckpointError, match=r"another model than the checkpoint .*1 \(params/w is "
+                                                          r"\(3, 4\) in the checkpoint and \(3, 8\) in this config\)"):
+        ckpt.restore(1, _abstract(other))
+    ckpt.close()

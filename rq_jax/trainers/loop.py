@@ -8,9 +8,14 @@ callback `(step, state) -> stop?`. Per step, in this order:
     every log_every steps (and the last):  mean of the pending metrics (a NaN/Inf raises TrainingDiverged
                                            naming the last good checkpoint), progress line with steps/s,
                                            ETA, throughput and MFU, TensorBoard scalars
-    each action whose period divides the step (and the last step)
-    SIGTERM (PreemptionGuard) or an action asking to stop: save and leave with `stop_line`
-    every checkpoint_every steps (and the last): save the state and the data iterator
+    every checkpoint_every steps (and the last): save the state and the data iterator, only if every
+                                           parameter and optimizer value is finite (else TrainingDiverged
+                                           naming the last good step, which is never rotated away)
+    each action whose period divides the step (and the last step); one that fails saves first
+    SIGTERM / Ctrl-C (PreemptionGuard) or an action asking to stop: save and leave with `stop_line`
+    (after Ctrl-C, KeyboardInterrupt: the command line exits 130)
+
+A checkpoint is always written before the step's evaluation, so an evaluation that crashes loses nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -71,10 +77,10 @@ class Loop:
 
 def run(loop: Loop, state: Any, start: int) -> tuple[Any, int]:
     """Steps from `start` to `loop.total` (or a stop); returns the last state and step. Always closes the
-    checkpointer, restores the SIGTERM handler and flushes the writer."""
+    checkpointer, restores the signal handlers and flushes the writer."""
     guard = checkpoints.PreemptionGuard()
     progress = metrics.Progress(loop.total, start)
-    last_saved = start if loop.ckpt.latest_step() is not None else None
+    saver = _Saver(loop, start if loop.ckpt.latest_step() is not None else None)
     step, pending, flops = start, [], None
     try:
         while step < loop.total:
@@ -84,23 +90,55 @@ def run(loop: Loop, state: Any, start: int) -> tuple[Any, int]:
             pending.append(m)  # device arrays: no host sync until the log step
             step += 1
             if due(step, loop.log_every, loop.total):
-                flops = _log(loop, step, state, args, pending, progress, last_saved, flops)
-            stop = False
-            for action in loop.actions:
-                if due(step, action.every, loop.total):
-                    stop = bool(action.run(step, state)) or stop
-            stop = guard.should_stop(step) or stop
-            if due(step, loop.checkpoint_every, loop.total) or stop:
-                loop.ckpt.save(step, state, loop.data_iter, force=True)
-                last_saved = step
+                flops = _log(loop, step, state, args, pending, progress, saver.last, flops)
+            if due(step, loop.checkpoint_every, loop.total):
+                saver.save(step, state)
+            stop = _run_actions(loop, step, state, saver) or guard.should_stop(step)
             if stop:
+                saver.save(step, state)
                 metrics.log_line(loop.stop_line.format(step=step, directory=loop.ckpt.directory))
+                if guard.received == signal.SIGINT:
+                    raise KeyboardInterrupt
                 break
     finally:
         loop.ckpt.close()
         guard.restore()
         loop.writer.flush()
     return state, step
+
+
+def _run_actions(loop: Loop, step: int, state: Any, saver: _Saver) -> bool:
+    """The actions due at `step`; True when one asks to stop. One that raises saves the state first."""
+    stop = False
+    for action in loop.actions:
+        if due(step, action.every, loop.total):
+            try:
+                stop = bool(action.run(step, state)) or stop
+            except BaseException:
+                saver.save(step, state)
+                raise
+    return stop
+
+
+class _Saver:
+    """Saves finite states once per step; `last` is the newest good step (None before the first)."""
+
+    def __init__(self, loop: Loop, last: int | None):
+        self.loop, self.last = loop, last
+
+    def save(self, step: int, state: Any) -> None:
+        if self.last == step:
+            return
+        with jax.set_mesh(self.loop.mesh):
+            finite = bool(checkpoints.all_finite(state))
+        if not finite:
+            raise metrics.TrainingDiverged(
+                f"Training diverged by step {step}: the parameters or optimizer state hold NaN/Inf, so step {step} "
+                f"was not saved; the last good checkpoint is step {self.last} in {self.loop.ckpt.directory} "
+                f"(kept): {self.loop.log.fix}"
+            )
+        self.loop.ckpt.save(step, state, self.loop.data_iter, force=True)
+        self.last = step
 
 
 def _log(loop: Loop, step: int, state: Any, args: tuple, pending: list, progress: metrics.Progress,

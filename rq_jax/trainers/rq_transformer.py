@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable
 from functools import cache, partial
 from typing import Any, NamedTuple
@@ -35,17 +34,9 @@ from flax import nnx
 from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
 from rq_jax.models.rq_transformer import RQTransformer
-from rq_jax.quantizer import (
-    calibrate_temperature,
-    parse_auto,
-    per_depth_temperature,
-    q_tau_stats,
-    rq_soft_codes,
-    sample_vectors,
-    uniform_targets_warning,
-)
 from rq_jax.sampling import SamplingConfig, sample_codes
 from rq_jax.trainers import loop
+from rq_jax.trainers.soft_labels import Targets, cross_entropy, draw_targets, set_temperature
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -82,61 +73,6 @@ def make_optimizer(tc: ml_collections.ConfigDict, total: int):
     parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip > 0 else []
     parts.append(optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
     return optax.chain(*parts), schedule
-
-
-class SoftLabelWarning(UserWarning):
-    """The soft-label targets of some depth are close to uniform (tau too large for the codebook's scale)."""
-
-
-def resolve_temperature(config: ml_collections.ConfigDict, features: np.ndarray, codebook_KxC: np.ndarray,
-                        workdir: str) -> tuple[tuple[float, ...], str]:
-    """The run's tau per depth and where it came from.
-
-    `config.soft.temperature` is a number, one number per depth, or "auto:<bits>": then tau is solved per
-    depth on a fixed sample of the training features so that Q_tau has that mean entropy. A run that resumes
-    keeps the values its config.json holds for the same target, so it trains on the same targets.
-    """
-    depth = int(config.model.code_shape[2])
-    spec = config.soft.temperature
-    target = parse_auto(spec)
-    if target is None:
-        return tuple(float(t) for t in per_depth_temperature(spec, depth)), "as configured"
-    saved = os.path.join(workdir, "config.json")
-    if os.path.exists(saved):
-        with open(saved) as f:
-            old = json.load(f).get("soft", {})
-        taus = old.get("temperature")
-        if old.get("temperature_spec") == spec and isinstance(taus, list) and len(taus) == depth:
-            return tuple(float(t) for t in taus), f"{spec}, as calibrated when this run started ({saved})"
-    z = sample_vectors(features, codebook_KxC.shape[0], seed=config.seed)
-    taus = calibrate_temperature(z, codebook_KxC, depth, target, stochastic=config.soft.stochastic_codes,
-                                 seed=config.seed)
-    return taus, f"{spec}, calibrated on {len(z):,} training feature vectors"
-
-
-def report_soft_labels(config: ml_collections.ConfigDict, taus: tuple[float, ...], how: str, features: np.ndarray,
-                       codebook_KxC: np.ndarray, workdir: str) -> dict:
-    """Logs tau and the per-depth entropy / nearest-code probability of Q_tau on the training features,
-    warns (SoftLabelWarning) when a depth's targets are near uniform, writes `soft_labels.json`."""
-    depth, k = int(config.model.code_shape[2]), int(codebook_KxC.shape[0])
-    z = sample_vectors(features, k, seed=config.seed)
-    stats = q_tau_stats(z, codebook_KxC, depth, taus, stochastic=config.soft.stochastic_codes, seed=config.seed)
-    if not config.soft.soft_labels:
-        stats["entropy_bits"] = [0.0] * depth  # one-hot targets of the (possibly stochastic) codes
-        stats["p_nearest"] = [float("nan")] * depth
-    fmt = lambda xs, f="{:.2f}": "/".join(f.format(x) for x in xs)  # noqa: E731
-    metrics.log_line(f"soft labels: tau {fmt(taus, '{:.3g}')} per depth ({how}); target entropy "
-                     f"{fmt(stats['entropy_bits'])} bits (log2 K = {math.log2(k):.2f}), nearest-code p "
-                     f"{fmt(stats['p_nearest'])}")
-    message = uniform_targets_warning(stats["entropy_bits"], k)
-    if message:
-        metrics.log_line(f"WARNING: {message}")
-        warnings.warn(message, SoftLabelWarning, stacklevel=2)
-    record = dict(temperature=list(taus), source=how, num_vectors=len(z), **stats)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "soft_labels.json"), "w") as f:
-            json.dump(record, f, indent=2)
-    return record
 
 
 class StateSetup(NamedTuple):
@@ -213,25 +149,6 @@ def build_text_table(config: ml_collections.ConfigDict, workdir: str) -> np.ndar
 # ---------------------------------------------------------------------------------------------------
 # 2. The pure train step
 # ---------------------------------------------------------------------------------------------------
-def _targets(config, z, codebook_KxC, rng, *, deterministic: bool):
-    """(codes [B,h,w,D], targets [B,h,w,D,K]) from features z: Q_tau soft labels / stochastic codes."""
-    sc = config.soft
-    depth = int(config.model.code_shape[2])
-    stochastic = sc.stochastic_codes and not deterministic
-    temperature = 1.0 if deterministic else sc.temperature  # deterministic targets do not use tau
-    soft, codes = rq_soft_codes(z, codebook_KxC, depth, temperature, stochastic=stochastic, rng=rng)
-    if not sc.soft_labels or deterministic:
-        soft = jax.nn.one_hot(codes, codebook_KxC.shape[0], dtype=jnp.float32)
-    return codes, soft
-
-
-def target_stats(targets_BxhxwxDxK: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-depth mean entropy (bits) of the training targets and mean probability of their top code [D]."""
-    t = targets_BxhxwxDxK.reshape(-1, *targets_BxhxwxDxK.shape[-2:])
-    ent = -jnp.sum(jnp.where(t > 0, t * jnp.log(jnp.where(t > 0, t, 1.0)), 0.0), axis=-1) / math.log(2.0)
-    return jnp.mean(ent, axis=0), jnp.mean(jnp.max(t, axis=-1), axis=0)
-
-
 def _microbatches(tree: Any, m: int) -> Any:
     """[B, ...] leaves -> [M, B/M, ...] with microbatch i = rows i, i+M, i+2M, ...: every device keeps an
     equal share of every microbatch (the batch dimension is split over the data axes in blocks)."""
@@ -251,22 +168,25 @@ def text_loss(cond_logits: jax.Array, tokens_BxL: jax.Array, drop_B: jax.Array |
     return jnp.sum(ce_BxL.mean(-1) * keep_B) / jnp.maximum(jnp.sum(keep_B), 1.0)
 
 
-def code_loss(params: Any, codes: jax.Array, targets: jax.Array, cond: Any, drop: Any, codebook_KxC: jax.Array,
-              rng: jax.Array, *, graph, config) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """(loss, (nll, acc_D)): cross-entropy against the targets (mixed with the text loss for text models
-    with `text_loss_weight`), and the NLL / per-depth accuracy of the codes."""
+def code_loss(params: Any, targets: Targets, cond: Any, drop: Any, codebook_KxC: jax.Array, rng: jax.Array, *,
+              graph, config) -> tuple[jax.Array, tuple]:
+    """(loss, (nll, acc_D, target entropy_D in bits, target p_max_D)): cross-entropy against the targets (mixed
+    with the text loss for text models with `text_loss_weight`), and the NLL / per-depth accuracy of the codes."""
     model = nnx.merge(graph, params)
+    codes = targets.codes
     kw = dict(codebook_KxC=codebook_KxC, train=True, rng=rng, drop_cond=drop)
     text_w = float(config.train.get("text_loss_weight", 0.0)) if config.model.cond == "text" else 0.0
     out = model.forward_with_cond_logits(codes, cond, **kw) if text_w > 0 else None
     logits = out.logits if text_w > 0 else model(codes, cond, **kw)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    loss = -jnp.mean(jnp.sum(targets * logp, axis=-1))
+    ce = cross_entropy(logits, targets, codebook_KxC)
+    loss = jnp.mean(ce.loss)
     if text_w > 0:  # the text tokens' outputs predict the next token (rows whose text was dropped: not)
         loss = (1.0 - text_w) * loss + text_w * text_loss(out.cond_logits, cond, drop)
-    nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
-    acc_D = jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
-    return loss, (nll, acc_D)
+    picked = jnp.take_along_axis(logits, codes[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    nll = jnp.mean(jax.lax.stop_gradient(ce.logsumexp) - jax.lax.stop_gradient(picked))
+    acc_D = jnp.mean((jnp.argmax(logits, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
+    stats = (jnp.mean(ce.target_entropy, axis=(0, 1, 2)) / math.log(2.0), jnp.mean(ce.target_p_max, axis=(0, 1, 2)))
+    return loss, (nll, acc_D, *stats)
 
 
 def microbatch_grads(params: Any, mb: dict, rng: jax.Array, codebook_KxC: jax.Array, text_table: jax.Array, *,
@@ -274,17 +194,16 @@ def microbatch_grads(params: Any, mb: dict, rng: jax.Array, codebook_KxC: jax.Ar
     """((loss, nll, acc_D, target entropy_D, target p_max_D), grads) of one microbatch: codes and targets
     drawn from its features, conditions dropped at random for classifier-free guidance."""
     r_codes, r_drop, r_model = jax.random.split(rng, 3)
-    codes, targets = _targets(config, mb["features"], codebook_KxC, r_codes, deterministic=False)
+    targets = draw_targets(config, mb["features"], codebook_KxC, r_codes, deterministic=False)
     cond = _cond_of(config, mb, text_table)
     drop = None
     if config.train.cond_drop_prob > 0 and cond is not None:
-        drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (codes.shape[0],))
+        drop = jax.random.bernoulli(r_drop, config.train.cond_drop_prob, (targets.codes.shape[0],))
     loss_fn = partial(code_loss, graph=graph, config=config)
-    (loss, (nll, acc_D)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, codes, targets, cond, drop, codebook_KxC, r_model)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, targets, cond, drop, codebook_KxC, r_model)
     if param_shardings is not None:
         grads = jax.lax.with_sharding_constraint(grads, param_shardings)
-    return (loss, nll, acc_D, *target_stats(targets)), grads
+    return (loss, *aux), grads
 
 
 def accumulated_grads(params: Any, batch: dict, rng: jax.Array, m: int, depth: int,
@@ -328,11 +247,10 @@ def train_step(state: dict, batch: dict, codebook_KxC: jax.Array, text_table: ja
 
 def eval_step(params, batch, codebook_KxC, text_table, *, graph, config):
     """Validation NLL (nats per code) and per-depth accuracy on deterministic codes, one-hot targets."""
-    codes, _ = _targets(config, batch["features"], codebook_KxC, None, deterministic=True)
-    model = nnx.merge(graph, params)
-    logp = jax.nn.log_softmax(model(codes, _cond_of(config, batch, text_table), codebook_KxC=codebook_KxC), axis=-1)
-    nll = -jnp.mean(jnp.take_along_axis(logp, codes[..., None], axis=-1))
-    return nll, jnp.mean((jnp.argmax(logp, -1) == codes).astype(jnp.float32), axis=(0, 1, 2))
+    targets = draw_targets(config, batch["features"], codebook_KxC, None, deterministic=True)
+    logits = nnx.merge(graph, params)(targets.codes, _cond_of(config, batch, text_table), codebook_KxC=codebook_KxC)
+    nll = jnp.mean(cross_entropy(logits, targets, codebook_KxC).loss)
+    return nll, jnp.mean((jnp.argmax(logits, -1) == targets.codes).astype(jnp.float32), axis=(0, 1, 2))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,17 +323,6 @@ def write_samples(step: int, state: dict, *, config: ml_collections.ConfigDict, 
     path = metrics.save_png(os.path.join(workdir, "images", f"samples_{step:08d}.png"),
                             metrics.image_grid(list(grid)), upscale=max(1, 64 // grid.shape[2]))
     metrics.log_line(f"samples step {step}: {path}")
-
-
-def set_temperature(config: ml_collections.ConfigDict, src: Any, workdir: str) -> None:
-    """Resolves tau per depth, reports the soft labels, and writes the numbers into the config: a resumed run
-    (config.json) and the jitted step use them."""
-    codebook_KxC = np.asarray(src.codebook, np.float32)
-    taus, how = resolve_temperature(config, src.features, codebook_KxC, workdir)
-    report_soft_labels(config, taus, how, src.features, codebook_KxC, workdir)
-    with config.ignore_type():
-        config.soft.temperature_spec = config.soft.temperature if parse_auto(config.soft.temperature) else ""
-        config.soft.temperature = list(taus)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -73,3 +73,38 @@ def test_nan_raises_and_still_closes():
     with pytest.raises(TrainingDiverged, match="by step 4: loss became NaN/Inf; the last good checkpoint is step 3"):
         loop.run(lp, 0, 0)
     assert lp.ckpt.closed and lp.writer.flushed
+
+
+def test_a_non_finite_state_is_never_saved():
+    """The state turns NaN at step 5 while the logged loss stays finite: step 6 is not written, step 3 is kept."""
+    lp = make_loop(9, loss=lambda s: 1.0)
+    lp.step_fn = lambda state, x: (jnp.where(state + x >= 5, jnp.nan, state + x), {"loss": jnp.float32(1.0)})
+    with pytest.raises(TrainingDiverged, match=r"hold NaN/Inf, so step 6 was not saved; the last good checkpoint "
+                                               r"is step 3 in /ckpt \(kept\)"):
+        loop.run(lp, jnp.float32(0), 0)
+    assert [s for s, _ in lp.ckpt.saved] == [3]
+
+
+def test_a_failing_action_saves_first():
+    def evaluate(step, state):
+        raise ValueError("need at least one array to concatenate")
+
+    lp = make_loop(10, [loop.Action(2, evaluate)])
+    with pytest.raises(ValueError, match="concatenate"):
+        loop.run(lp, 0, 0)
+    assert [s for s, _ in lp.ckpt.saved] == [2] and lp.ckpt.closed
+
+
+def test_ctrl_c_saves_then_interrupts(capsys):
+    import os
+    import signal
+
+    def press_ctrl_c(step, state):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    lp = make_loop(10, [loop.Action(1, press_ctrl_c)], stop_line="stopped: saved step {step}")
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(lp, 0, 0)
+    assert lp.ckpt.saved[-1] == (4, 4) and "stopped: saved step 4" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

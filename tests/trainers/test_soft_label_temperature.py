@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rq_jax.trainers import rq_transformer as t2
+from rq_jax.trainers import soft_labels
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -64,7 +65,7 @@ def test_auto_temperature_round_trips_through_config_json_and_resume(tmp_path, m
     def fail(*a, **k):
         raise AssertionError("recalibrated on resume")
 
-    monkeypatch.setattr(t2, "calibrate_temperature", fail)
+    monkeypatch.setattr(soft_labels, "calibrate_temperature", fail)
     t2.train(_config(tmp_path, "auto:1.0", steps=4), str(work))
     again = json.loads((work / "config.json").read_text())["soft"]
     assert again["temperature"] == taus and again["temperature_spec"] == "auto:1.0"
@@ -73,26 +74,34 @@ def test_auto_temperature_round_trips_through_config_json_and_resume(tmp_path, m
 
 def test_per_depth_numbers_are_used_as_given(tmp_path):
     c = _config(tmp_path, (0.01, 0.005, 0.002, 0.001))
-    taus, how = t2.resolve_temperature(c, np.zeros((2, 8, 8, 32), np.float16), np.zeros((64, 32), np.float32),
-                                       str(tmp_path))
+    taus, how = soft_labels.resolve_temperature(c, np.zeros((2, 8, 8, 32), np.float16),
+                                                np.zeros((64, 32), np.float32), str(tmp_path))
     assert taus == (0.01, 0.005, 0.002, 0.001) and how == "as configured"
     c.soft.temperature = 0.5
-    assert t2.resolve_temperature(c, None, None, str(tmp_path))[0] == (0.5,) * 4
+    assert soft_labels.resolve_temperature(c, None, None, str(tmp_path))[0] == (0.5,) * 4
 
 
 def test_near_uniform_targets_warn(tmp_path):
     c = _config(tmp_path, 0.5)  # residuals of scale 0.05: tau 0.5 makes Q_tau nearly uniform
     src = np.load(pathlib.Path(c.data.features_dir) / "train.npz")
-    with pytest.warns(t2.SoftLabelWarning, match=r"close to uniform at depth 1, 2, 3, 4"):
-        record = t2.report_soft_labels(c, (0.5,) * 4, "as configured", src["features"], src["codebook"],
-                                       str(tmp_path))
+    with pytest.warns(soft_labels.SoftLabelWarning, match=r"close to uniform at depth 1, 2, 3, 4"):
+        record = soft_labels.report_soft_labels(c, (0.5,) * 4, "as configured", src["features"],
+                                                src["codebook"], str(tmp_path))
     assert min(record["entropy_bits"]) > 0.5 * np.log2(64)
 
 
-def test_target_stats():
-    t = np.zeros((2, 1, 1, 2, 4), np.float32)
-    t[..., 0, :] = 0.25  # uniform over 4 codes: 2 bits
-    t[..., 1, 2] = 1.0  # one-hot: 0 bits
-    ent, p = t2.target_stats(t)
-    np.testing.assert_allclose(np.asarray(ent), [2.0, 0.0], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(p), [0.25, 1.0])
+def test_target_statistics_of_the_fused_loss():
+    """Uniform soft labels (four codes equidistant from the residual) have 2 bits and p_max 1/4; one-hot, 0 and 1."""
+    import jax.numpy as jnp
+
+    codebook = jnp.asarray([[1.0, 0], [-1, 0], [0, 1], [0, -1]], jnp.float32)
+    residuals = jnp.zeros((2, 1, 1, 2, 2), jnp.float32)
+    codes = jnp.zeros((2, 1, 1, 2), jnp.int32)
+    logits = jnp.zeros((2, 1, 1, 2, 4), jnp.float32)
+    soft = soft_labels.cross_entropy(logits, soft_labels.Targets(codes, residuals, jnp.asarray([2.0, 2.0])), codebook)
+    np.testing.assert_allclose(np.asarray(soft.target_entropy) / np.log(2), 2.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(soft.target_p_max), 0.25, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(soft.loss), np.log(4), atol=1e-6)
+    hard = soft_labels.cross_entropy(logits, soft_labels.Targets(codes, residuals, None), codebook)
+    np.testing.assert_allclose(np.asarray(hard.target_entropy), 0.0)
+    np.testing.assert_allclose(np.asarray(hard.target_p_max), 1.0)
