@@ -54,3 +54,8 @@ def test_a_second_run_on_a_locked_workdir_stops(tmp_path):
     one_line(train_cli(f"--config={DEMO}:runlocal", f"--workdir={work}"), 1,
              f"is in use by process {os.getpid()} on host {socket.gethostname()}")
     assert json.loads((work / "lock.json").read_text())["pid"] == os.getpid()  # the holder's lock is untouched
+
+
+def test_stage2_without_features_names_the_missing_setting(tmp_path):
+    one_line(train_cli(f"--config={REPO}/configs/transformer/demo.py:runlocal", f"--workdir={tmp_path / 'w'}",
+                       cwd=tmp_path), 1, "config.data.features_dir is not set: extract the stage-2 features")

@@ -40,6 +40,11 @@ class FeatureSource:
 
 
 def load_meta(features_dir: str) -> dict[str, Any]:
+    if not features_dir:
+        raise FileNotFoundError(
+            "config.data.features_dir is not set: extract the stage-2 features with `python -m rq_jax.extract "
+            "--rqvae STAGE1_WORKDIR --out DIR` and pass --config.data.features_dir=DIR."
+        )
     path = os.path.join(features_dir, "meta.json")
     if not os.path.exists(path):
         raise FileNotFoundError(

@@ -352,7 +352,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data_iter, info = build_image_pipeline(config.data, split="train", batch_size=local_bs, seed=config.seed)
     eval_set, _ = eval_batches(config.data, batch_size=min(local_bs, 32), num_batches=tc.eval_batches)
     total, warmup = steps_for(config, info.steps_per_epoch)
-    metrics.log_line(f"data: {info.description}; {info.num_examples} training images, {total} steps")
+    unreadable = f" ({info.skipped.count} unreadable found so far: skipped, counted in TensorBoard)" \
+        if info.skipped.count else ""
+    metrics.log_line(f"data: {info.description}; {info.num_examples} training images{unreadable}, {total} steps")
 
     tx_gen, lr_gen = make_optimizer(tc.lr, tc, warmup)
     tx_disc, _ = make_optimizer(tc.disc_lr, tc, warmup)
