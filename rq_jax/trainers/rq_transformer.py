@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
@@ -261,8 +262,11 @@ def sampling_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     return SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale)
 
 
-def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray:
-    """[rows, H, W, 3] images: one row per class, per caption (text) or one unconditional row."""
+def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray | None:
+    """[rows, H, W, 3] images: one row per class, per caption (text) or one unconditional row.
+
+    Every process must call this (the sampler is one program over the globally sharded parameters: a
+    multi-host run where only process 0 sampled would hang); processes without a `decoder` get None."""
     n = int(config.sample.num)
     if config.model.cond == "class":
         cond = jnp.asarray(np.repeat(np.arange(max(num_classes, 1)), n), jnp.int32)
@@ -273,7 +277,10 @@ def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, tex
         cond = None
     batch = n if cond is None else int(cond.shape[0])
     codes = sample_codes(model, codebook_KxC, cond, rng, batch=batch, cfg=sampling_config(config))
-    images = np.asarray(decoder.decode(jnp.asarray(jax.device_get(codes))))  # the decoder lives on one device
+    codes = np.asarray(multihost_utils.process_allgather(codes, tiled=True))  # host copy on every process
+    if decoder is None:
+        return None
+    images = np.asarray(decoder.decode(jnp.asarray(codes)))  # the decoder lives on one device
     return images.reshape(-1, n, *images.shape[1:])
 
 
@@ -314,12 +321,16 @@ class Validation:
 
 def write_samples(step: int, state: dict, *, config: ml_collections.ConfigDict, workdir: str, graph, codebook,
                   text_table, rqvae_dir: str, num_classes: int, load_decoder: Callable[[str], Any]) -> None:
-    """The periodic sampling action (process 0, when the stage-1 run is known): a grid decoded by the stage-1
-    decoder (`load_decoder(rqvae_dir)`: cache it, it is called at every sampling step), images/samples_<step>.png."""
-    if jax.process_index() != 0 or not rqvae_dir:
+    """The periodic sampling action (when the stage-1 run is known): every process samples, process 0 decodes with
+    the stage-1 decoder (`load_decoder(rqvae_dir)`: cache it, it is called at every sampling step) and writes
+    images/samples_<step>.png."""
+    if not rqvae_dir:
         return
-    grid = sample_grid(nnx.merge(graph, state["params"]), codebook, load_decoder(rqvae_dir), config,
-                       jax.random.key(step), num_classes, text_table)
+    decoder = load_decoder(rqvae_dir) if jax.process_index() == 0 else None
+    grid = sample_grid(nnx.merge(graph, state["params"]), codebook, decoder, config, jax.random.key(step),
+                       num_classes, text_table)
+    if grid is None:
+        return
     path = metrics.save_png(os.path.join(workdir, "images", f"samples_{step:08d}.png"),
                             metrics.image_grid(list(grid)), upscale=max(1, 64 // grid.shape[2]))
     metrics.log_line(f"samples step {step}: {path}")

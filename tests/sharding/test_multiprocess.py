@@ -288,3 +288,60 @@ def test_checkpoint_of_an_8_device_mesh_restores_and_trains_on_4_devices(tmp_pat
     out = capsys.readouterr().out
     assert "resumed from" in out and "(step 2)" in out and "mesh {'data': 2, 'fsdp': 2, 'tensor': 1}" in out, out
     assert_same_training(saved_state(four, STEPS), saved_state(eight, STEPS), c)
+
+
+def launch_stage2(workdir, rqvae_dir, features_dir, log_dir, num_processes=2, devices_per_process=2):
+    """`python -m rq_jax.train` of the tiny stage-2 config in `num_processes` local processes (mesh fsdp=4)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+    overrides = {"rqvae_workdir": rqvae_dir, "data.features_dir": features_dir, "train.num_steps": 4,
+                 "train.checkpoint_every": 2, "train.sample_every": 2, "train.eval_every": 1000, "train.log_every": 1,
+                 "train.batch_size": 8, "mesh.shape.data": 1, "mesh.shape.fsdp": -1}
+    cmd = [sys.executable, "-m", "rq_jax.train", f"--config={REPO}/configs/transformer/demo.py:runlocal",
+           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    port = free_port()
+    procs, logs = [], []
+    for i in range(num_processes):
+        log = open(pathlib.Path(log_dir) / f"s2_{pathlib.Path(workdir).name}_{i}.log", "w+")  # noqa: SIM115
+        logs.append(log)
+        procs.append(subprocess.Popen(cmd + [f"--coordinator=127.0.0.1:{port}", f"--num_processes={num_processes}",
+                                             f"--process_id={i}"], cwd=REPO, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, text=True))
+    try:
+        codes = [p.wait(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    return outputs, codes
+
+
+@pytest.mark.slow
+def test_stage2_two_processes_sample_grid_and_resume(tmp_path, data_dir):
+    """Stage 2 under jax.distributed with FSDP over both processes: the periodic sample grid is drawn by every
+    process (one sampler over the globally sharded parameters; process 0 writes it), and a restart from the
+    step-2 checkpoint reaches the uninterrupted run's step-4 state bit for bit."""
+    from rq_jax.extract import extract
+
+    c = config(data_dir)
+    c.train.num_steps, c.train.checkpoint_every = 1, 1
+    trainer.train(c, str(tmp_path / "rqvae"))
+    extract(str(tmp_path / "rqvae"), str(tmp_path / "features"), batch_size=16, limit=32)
+
+    full = tmp_path / "full"
+    outs, codes = launch_stage2(full, tmp_path / "rqvae", tmp_path / "features", tmp_path)
+    assert codes == [0, 0], show(outs)
+    assert sorted(p.name for p in (full / "images").iterdir()) == ["samples_00000002.png", "samples_00000004.png"]
+    assert "samples step 2" in outs[0] and "samples step" not in outs[1], show(outs)
+
+    resumed = tmp_path / "resumed"
+    copy_checkpoint(full, resumed, 2)
+    outs2, codes2 = launch_stage2(resumed, tmp_path / "rqvae", tmp_path / "features", tmp_path)
+    assert codes2 == [0, 0] and "resumed from" in outs2[0], show(outs2)
+    assert_trees_equal(saved_state(resumed, 4), saved_state(full, 4))
