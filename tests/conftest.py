@@ -64,3 +64,23 @@ def tiny_stage2_runs(tmp_path_factory):
     c2.train.peak_flops = 1e12  # exercises the FLOP count and MFU logging on the CPU
     scalars = t2.train(c2, str(tmp / "transformer"))
     return tmp, c2, scalars
+
+
+# The longest test files first: under `pytest -n 2 --dist loadfile` (make test) each starts at once on a
+# worker instead of being the last file left running while the other worker idles.
+HEAVY_FIRST = ("trainers/test_rqvae_trainer.py", "sharding/test_multiprocess.py", "trainers/test_transformer_trainer.py",
+               "eval/test_generate.py", "sharding/test_mesh_equivalence.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = pathlib.Path(__file__).parent
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+
+    def key(item):
+        try:
+            rel = pathlib.Path(str(item.fspath)).relative_to(root).as_posix()
+        except ValueError:
+            rel = ""
+        return rank.get(rel, len(rank))
+
+    items.sort(key=key)  # stable: the order inside a file and among the other files is unchanged

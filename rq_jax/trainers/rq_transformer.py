@@ -262,11 +262,11 @@ def sampling_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     return SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale)
 
 
-def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray | None:
+def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray:
     """[rows, H, W, 3] images: one row per class, per caption (text) or one unconditional row.
 
     Every process must call this (the sampler is one program over the globally sharded parameters: a
-    multi-host run where only process 0 sampled would hang); processes without a `decoder` get None."""
+    multi-host run where only process 0 sampled would hang)."""
     n = int(config.sample.num)
     if config.model.cond == "class":
         cond = jnp.asarray(np.repeat(np.arange(max(num_classes, 1)), n), jnp.int32)
@@ -278,8 +278,6 @@ def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, tex
     batch = n if cond is None else int(cond.shape[0])
     codes = sample_codes(model, codebook_KxC, cond, rng, batch=batch, cfg=sampling_config(config))
     codes = np.asarray(multihost_utils.process_allgather(codes, tiled=True))  # host copy on every process
-    if decoder is None:
-        return None
     images = np.asarray(decoder.decode(jnp.asarray(codes)))  # the decoder lives on one device
     return images.reshape(-1, n, *images.shape[1:])
 
@@ -297,9 +295,15 @@ class Validation:
         self.codebook, self.text_table = codebook, text_table
         self.best, self.bad_evals, self.scalars = float("inf"), 0, {}
 
+    def _batch(self, b: dict) -> dict:
+        """One host's validation batch; on several hosts their batches form one global batch (every process
+        must feed the same program: a host-local array is taken to be the same everywhere)."""
+        if jax.process_count() == 1:
+            return {k: jnp.asarray(v) for k, v in b.items()}
+        return sharding.global_batch(self.codebook.sharding.mesh, b)
+
     def __call__(self, step: int, state: dict) -> bool:
-        outs = [jax.device_get(self.eval_fn(state["params"], {k: jnp.asarray(v) for k, v in b.items()},
-                                            self.codebook, self.text_table))
+        outs = [jax.device_get(self.eval_fn(state["params"], self._batch(b), self.codebook, self.text_table))
                 for b in self.val_batches]
         nll = float(np.mean([o[0] for o in outs]))
         acc = np.mean([o[1] for o in outs], axis=0)
@@ -321,15 +325,15 @@ class Validation:
 
 def write_samples(step: int, state: dict, *, config: ml_collections.ConfigDict, workdir: str, graph, codebook,
                   text_table, rqvae_dir: str, num_classes: int, load_decoder: Callable[[str], Any]) -> None:
-    """The periodic sampling action (when the stage-1 run is known): every process samples, process 0 decodes with
-    the stage-1 decoder (`load_decoder(rqvae_dir)`: cache it, it is called at every sampling step) and writes
+    """The periodic sampling action (when the stage-1 run is known): every process samples and decodes with the
+    stage-1 decoder (`load_decoder(rqvae_dir)`: cache it, it is called at every sampling step); process 0 writes
     images/samples_<step>.png."""
     if not rqvae_dir:
         return
-    decoder = load_decoder(rqvae_dir) if jax.process_index() == 0 else None
+    decoder = load_decoder(rqvae_dir)  # on every process: orbax's restore synchronises the processes
     grid = sample_grid(nnx.merge(graph, state["params"]), codebook, decoder, config, jax.random.key(step),
                        num_classes, text_table)
-    if grid is None:
+    if jax.process_index() != 0:
         return
     path = metrics.save_png(os.path.join(workdir, "images", f"samples_{step:08d}.png"),
                             metrics.image_grid(list(grid)), upscale=max(1, 64 // grid.shape[2]))
@@ -353,7 +357,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                             seed=config.seed)
     val_iter, _ = build_feature_pipeline(config.data.features_dir, split="validation",
                                          batch_size=min(local_bs, 64), train=False)
-    val_batches = [b for _, b in zip(range(tc.eval_batches), val_iter, strict=False)]
+    val_batches = [{k: v for k, v in b.items() if k in BATCH_KEYS}
+                   for _, b in zip(range(tc.eval_batches), val_iter, strict=False)]
     total = tc.num_steps if tc.num_steps > 0 else int(round(tc.num_epochs * max(len(src) // tc.batch_size, 1)))
     codebook = jax.device_put(jnp.asarray(src.codebook), repl)  # on the mesh, as the params
     metrics.log_line(f"data: {len(src)} training feature maps ({meta['dataset']}), {total} steps")
