@@ -30,6 +30,7 @@ runs in one process and reads the whole split itself (no multi-host sharding).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Any
 
@@ -47,6 +48,20 @@ def _run_recon(args: argparse.Namespace) -> None:
     write_json(out, result)
     print(recon.format_recon_table(result))
     print(f"wrote {out}")
+    bad = non_finite(result)
+    if bad:
+        raise ValueError(f"{', '.join(bad)} of step {result['step']} are NaN/Inf (written to {out}): the checkpoint "
+                         "holds a diverged model; evaluate an earlier step with --step.")
+
+
+def non_finite(result: dict) -> list[str]:
+    """The names of the numeric entries of a result (numbers or lists of numbers) that are NaN/Inf."""
+    bad = []
+    for key, value in result.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            bad.append(key)
+    return bad
 
 
 def _run_reconstruct(args: argparse.Namespace) -> None:

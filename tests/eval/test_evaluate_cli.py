@@ -185,3 +185,9 @@ def test_clear_errors(workdir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["recon", "--workdir", str(tmp_path)])
     assert "config.json does not exist" in capsys.readouterr().err
+
+
+def test_nan_metrics_are_an_error():
+    assert evaluate.non_finite({"step": 3, "psnr": 21.0, "psnr_per_depth": [20.0, float("nan")], "name": "x",
+                                "ssim": float("inf")}) == ["psnr_per_depth", "ssim"]
+    assert evaluate.non_finite({"psnr": 21.0, "usage": [1, 2]}) == []
