@@ -16,6 +16,14 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """`arg`: "50ep" (the 50-epoch schedule), "runlocal" (CPU-sized), or both ("runlocal,50ep")."""
     args = common.parse_arg(arg, "runlocal", "50ep")
+    c = recipe(args)
+    if "runlocal" in args:
+        common.runlocal(c)
+    return c
+
+
+def recipe(args: frozenset[str]) -> ml_collections.ConfigDict:
+    """The full-size recipe (the ablations in this folder change only the code shape)."""
     c = common.rqvae_config()
 
     # Model: VQGAN's encoder/decoder; six levels: VQGAN's five plus the paper's extra block, f = 32: 256x256 -> 8x8.
@@ -54,7 +62,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.name = "tfds"
     c.data.tfds_name = "imagenet2012"
     c.data.image_size = 256
-
-    if "runlocal" in args:
-        common.runlocal(c)
     return c

@@ -4,35 +4,16 @@
       --config.init_from=./workdirs/rqvae_imagenet_8x8x4/checkpoints
   python -m rq_jax.train --config configs/rqvae/lsun_bedroom.py:runlocal --workdir /tmp/lsun_tiny
 
-The model, codebook and losses are those of configs/rqvae/imagenet_8x8x4.py (its weights are the start);
+The recipe of configs/rqvae/lsun_church.py on this category: the model, codebook and losses of
+configs/rqvae/imagenet_8x8x4.py (its weights are the start);
 the last 5,000 training images are held out for evaluation.
 """
 
 import ml_collections
 
-from configs import common
-from configs.rqvae import imagenet_8x8x4
+from configs.rqvae import lsun_church
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """`arg`: "runlocal" (CPU-sized) or nothing."""
-    args = common.parse_arg(arg, "runlocal")
-    c = imagenet_8x8x4.get_config()  # model (8x8x4, K = 16384), codebook, losses, Adam(0.5, 0.9), batch 128
-    c.init_from = "./workdirs/rqvae_imagenet_8x8x4/checkpoints"
-
-    # Finetuning: one epoch at a tenth of the ImageNet learning rate, no warm-up.
-    c.train.lr = 4e-6
-    c.train.disc_lr = 4e-6
-    c.train.warmup_epochs = 0.0
-    c.train.num_epochs = 1.0
-
-    c.data.name = "tfds"
-    c.data.tfds_name = "lsun/bedroom"
-    c.data.tfds_train_split = "train[:-5000]"
-    c.data.tfds_eval_split = "train[-5000:]"
-    c.data.image_size = 256
-
-    if "runlocal" in args:
-        common.runlocal(c)
-        c.init_from = ""
-    return c
+    return lsun_church.finetuned("bedroom", arg)

@@ -16,6 +16,11 @@ from configs.rqvae import imagenet_8x8x4
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """`arg`: "runlocal" (CPU-sized) or nothing."""
+    return finetuned("church", arg)
+
+
+def finetuned(category: str, arg: str | None) -> ml_collections.ConfigDict:
+    """The LSUN recipe for `category` ("church", "cat", "bedroom": the three rows differ only in the data)."""
     args = common.parse_arg(arg, "runlocal")
     c = imagenet_8x8x4.get_config()  # model (8x8x4, K = 16384), codebook, losses, Adam(0.5, 0.9), batch 128
     c.init_from = "./workdirs/rqvae_imagenet_8x8x4/checkpoints"
@@ -27,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.num_epochs = 1.0
 
     c.data.name = "tfds"
-    c.data.tfds_name = "lsun/church"
+    c.data.tfds_name = f"lsun/{category}"
     c.data.tfds_train_split = "train[:-5000]"
     c.data.tfds_eval_split = "train[-5000:]"
     c.data.image_size = 256
