@@ -40,24 +40,22 @@ def default_block(k: int, n: int, budget_bytes: int = 1 << 27) -> int:
     return int(min(block, 1 << max(k - 1, 0).bit_length()))
 
 
-def _blocks(codebook_KxC: jax.Array, block: int) -> tuple[jax.Array, jax.Array, int]:
-    """The codebook padded to whole blocks [nb, block, C] with its squared norms (+inf on padding)."""
-    k, c = codebook_KxC.shape
-    nb = -(-k // block)
+def _codebook(codebook_KxC: jax.Array, block: int) -> tuple[jax.Array, jax.Array, int]:
+    """The codebook in float32, its squared norms and the number of blocks of `block` codes (the last block
+    is shifted back to end at K, so no padding is needed)."""
     e = codebook_KxC.astype(jnp.float32)
-    e_sq = jnp.pad(jnp.sum(e * e, -1), (0, nb * block - k), constant_values=jnp.inf)
-    e = jnp.pad(e, ((0, nb * block - k), (0, 0)))
-    return e.reshape(nb, block, c), e_sq.reshape(nb, block), nb
+    return e, jnp.sum(e * e, -1), -(-e.shape[0] // block)
 
 
-def _block_terms(j, logits_NxK, r_NxC, r_sq_N, inv_tau_N, e_blocks, e_sq_blocks, block):
-    """(l, a, valid) of codebook block j: logits, a = -dist / tau and the mask of real codes, [N, block]."""
+def _block_terms(j, logits_NxK, r_NxC, r_sq_N, inv_tau_N, e_KxC, e_sq_K, block):
+    """(l, a, valid, start) of codebook block j: logits and a = -dist / tau [N, block], the mask of the codes
+    not counted by an earlier block, and the block's first code."""
     n, k = logits_NxK.shape
     start = jnp.minimum(j * block, k - block) if k >= block else 0
     width = min(block, k)
     l_blk = jax.lax.dynamic_slice(logits_NxK, (0, start), (n, width)).astype(jnp.float32)
-    e_blk = jax.lax.dynamic_slice_in_dim(e_blocks.reshape(-1, e_blocks.shape[-1]), start, width)
-    e_sq = jax.lax.dynamic_slice_in_dim(e_sq_blocks.reshape(-1), start, width)
+    e_blk = jax.lax.dynamic_slice_in_dim(e_KxC, start, width)
+    e_sq = jax.lax.dynamic_slice_in_dim(e_sq_K, start, width)
     dist = (r_sq_N[:, None] + e_sq[None, :]) - 2.0 * jnp.dot(r_NxC, e_blk.T, precision=_HIGHEST)
     a_blk = -dist * inv_tau_N[:, None]
     # the last block may overlap the one before it (start clamped): count each code once
@@ -69,7 +67,7 @@ def _block_terms(j, logits_NxK, r_NxC, r_sq_N, inv_tau_N, e_blocks, e_sq_blocks,
 def _forward_stats(logits_NxK, r_NxC, inv_tau_N, codebook_KxC, block):
     n, k = logits_NxK.shape
     block = min(block, k)
-    e_blocks, e_sq_blocks, nb = _blocks(codebook_KxC, block)
+    e, e_sq, nb = _codebook(codebook_KxC, block)
     r = r_NxC.astype(jnp.float32)
     r_sq = jnp.sum(r * r, -1)
     neg = jnp.full((n,), -jnp.inf, jnp.float32)
@@ -77,7 +75,7 @@ def _forward_stats(logits_NxK, r_NxC, inv_tau_N, codebook_KxC, block):
 
     def body(j, carry):
         m_l, s_exp_l, m_a, z, s_l, s_a = carry
-        l_blk, a_blk, valid, _ = _block_terms(j, logits_NxK, r, r_sq, inv_tau_N, e_blocks, e_sq_blocks, block)
+        l_blk, a_blk, valid, _ = _block_terms(j, logits_NxK, r, r_sq, inv_tau_N, e, e_sq, block)
         l_m = jnp.where(valid, l_blk, -jnp.inf)
         a_m = jnp.where(valid, a_blk, -jnp.inf)
         new_m_l = jnp.maximum(m_l, jnp.max(l_m, -1))
@@ -110,13 +108,13 @@ def _soft_ce_bwd(block, res, g):
     logits_NxK, r_NxC, inv_tau_N, codebook_KxC, lse_l, lse_a = res
     n, k = logits_NxK.shape
     block = min(block, k)
-    e_blocks, e_sq_blocks, nb = _blocks(codebook_KxC, block)
+    e, e_sq, nb = _codebook(codebook_KxC, block)
     r = r_NxC.astype(jnp.float32)
     r_sq = jnp.sum(r * r, -1)
     g_ce, g_lse = g.loss.astype(jnp.float32), g.logsumexp.astype(jnp.float32)
 
     def body(j, grad):
-        l_blk, a_blk, valid, start = _block_terms(j, logits_NxK, r, r_sq, inv_tau_N, e_blocks, e_sq_blocks, block)
+        l_blk, a_blk, valid, start = _block_terms(j, logits_NxK, r, r_sq, inv_tau_N, e, e_sq, block)
         p = jnp.exp(l_blk - lse_l[:, None])
         q = jnp.exp(a_blk - lse_a[:, None])
         d = (g_ce + g_lse)[:, None] * p - g_ce[:, None] * q
