@@ -111,8 +111,7 @@ def shape_difference(state_dir: epath.Path, abstract_state: Any) -> str | None:
     """The first array whose saved shape differs from `abstract_state`'s ("gen/... is (3, 3, 3, 128) in the
     checkpoint and (3, 3, 3, 64) in this config"), or None (also when the metadata cannot be read)."""
     try:
-        meta = ocp.StandardCheckpointer().metadata(state_dir)
-        saved = _shapes_by_path(getattr(getattr(meta, "item_metadata", meta), "tree", meta))
+        saved = _shapes_by_path(_saved_metadata(state_dir))
     except Exception:  # noqa: BLE001 - no readable metadata: the restore itself reports the problem
         return None
     for key, shape in _shapes_by_path(abstract_state).items():
@@ -198,13 +197,21 @@ def _restore_on_host(state_dir: epath.Path) -> Any:
     Without a target orbax restores onto the saved shardings, and refuses ("Topology mismatch") when those
     devices do not exist here, e.g. a checkpoint of a two-process run read by one process.
     """
-    reader = ocp.StandardCheckpointer()
-    meta = reader.metadata(state_dir)
-    meta_tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
-    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), meta_tree,
+    return restore_onto(state_dir, jax.local_devices(backend="cpu")[0])
+
+
+def _saved_metadata(state_dir: epath.Path) -> Any:
+    """The tree of array metadata (shape, dtype) of a saved state."""
+    meta = ocp.StandardCheckpointer().metadata(state_dir)
+    return getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+
+
+def restore_onto(state_dir: epath.Path, device: Any) -> Any:
+    """A saved state tree with every array on `device`, whatever processes and devices wrote it."""
+    one = jax.sharding.SingleDeviceSharding(device)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), _saved_metadata(state_dir),
                           is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
-    return reader.restore(state_dir, target)
+    return ocp.StandardCheckpointer().restore(state_dir, target)
 
 
 def read_run_config(workdir: str, stage: str, label: str, fix: str = ""):
@@ -242,13 +249,7 @@ def restore_parts(workdir: str, abstract_parts: dict[str, Any], step: int | None
     step = steps[-1] if step is None else step
     where = ckpt.directory / str(step)
     try:
-        reader = ocp.StandardCheckpointer()
-        meta = reader.metadata(where / "state")
-        meta_tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
-        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta_tree,
-                              is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
-        tree = reader.restore(where / "state", target)
+        tree = restore_onto(where / "state", jax.local_devices()[0])
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(
             f"The checkpoint {where} could not be read ({type(e).__name__}); pick another step or retrain."
