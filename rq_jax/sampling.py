@@ -46,14 +46,22 @@ class SamplingConfig:
 
 
 def filter_logits(logits_BxK: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-    """Sets logits outside the top-k and outside the top-p nucleus to -inf (the best code always stays)."""
+    """Sets logits outside the top-k and outside the top-p nucleus to -inf (the best code always stays).
+
+    Ties with the k-th value are kept. With both filters the nucleus is taken over the k values `top_k`
+    returns (already sorted), so no sort over all K codes is needed."""
     logits = logits_BxK.astype(jnp.float32)
     k = logits.shape[-1]
+    sorted_desc = None
     if 0 < top_k < k:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
+        # Both of top_k's outputs pass a barrier: when only the values feed the program, XLA:CPU rewrites
+        # TopK into a full sort of the K logits (21 ms instead of 3 ms for 8 x 16384, k = 1024).
+        top_vals, _ = jax.lax.optimization_barrier(jax.lax.top_k(logits, top_k))
+        logits = jnp.where(logits < top_vals[..., -1:], -jnp.inf, logits)
+        sorted_desc = top_vals
     if top_p < 1.0:
-        sorted_desc = jnp.sort(logits, axis=-1)[..., ::-1]
+        if sorted_desc is None:
+            sorted_desc = jnp.sort(logits, axis=-1)[..., ::-1]
         probs = jax.nn.softmax(sorted_desc, axis=-1)
         # keep a code if the mass strictly before it is < top_p (so the first code is always kept)
         before = jnp.cumsum(probs, axis=-1) - probs
