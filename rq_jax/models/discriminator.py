@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rq_jax.models.conv import conv_general_dilated
+
 NORMS = ("batch", "group", "layer", "none")
 
 
@@ -50,7 +52,8 @@ class _ConvBlock(nnx.Module):
         self.conv = nnx.Conv(
             c_in, c_out, kernel_size=(4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
             use_bias=not use_norm, kernel_init=_normal_init(0.0, 0.02),
-            bias_init=_torch_conv_bias_init(c_in * 16), dtype=dtype, rngs=rngs,
+            bias_init=_torch_conv_bias_init(c_in * 16), dtype=dtype,
+            conv_general_dilated=conv_general_dilated, rngs=rngs,
         )
         scale_init, eps = _normal_init(1.0, 0.02), 1e-5
         if norm == "batch":
