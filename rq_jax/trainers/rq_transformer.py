@@ -263,6 +263,10 @@ def sampling_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     return SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale)
 
 
+def _identity(x: Any) -> Any:  # module level: the gather compiles once, not at every grid
+    return x
+
+
 def process_local_copy(tree: Any) -> Any:
     """`tree` with every array that spans several processes gathered in full onto this process's first device.
 
@@ -273,7 +277,7 @@ def process_local_copy(tree: Any) -> Any:
 
     leaves, treedef = jax.tree.flatten(tree)
     idx = [i for i, x in enumerate(leaves) if spans(x)]
-    full = jax.jit(lambda xs: xs, out_shardings=[NamedSharding(leaves[i].sharding.mesh, P()) for i in idx])(
+    full = jax.jit(_identity, out_shardings=[NamedSharding(leaves[i].sharding.mesh, P()) for i in idx])(
         [leaves[i] for i in idx])
     for i, x in zip(idx, full, strict=True):
         leaves[i] = x.addressable_data(0)  # replicated: the shard on this process's first device is the whole array
