@@ -69,7 +69,8 @@ def tiny_stage2_runs(tmp_path_factory):
 # The longest test files first: under `pytest -n 2 --dist loadfile` (make test) each starts at once on a
 # worker instead of being the last file left running while the other worker idles.
 HEAVY_FIRST = ("trainers/test_rqvae_trainer.py", "sharding/test_multiprocess.py",
-               "trainers/test_transformer_trainer.py", "eval/test_generate.py", "sharding/test_mesh_equivalence.py")
+               "trainers/test_transformer_trainer.py", "sharding/test_multiprocess_stage2.py", "eval/test_generate.py",
+               "sharding/test_mesh_equivalence.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -30,7 +30,8 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
@@ -262,11 +263,38 @@ def sampling_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     return SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale)
 
 
+def _identity(x: Any) -> Any:  # module level: the gather compiles once, not at every grid
+    return x
+
+
+def process_local_copy(tree: Any) -> Any:
+    """`tree` with every array that spans several processes gathered in full onto this process's first device.
+
+    One program gathers them all (the only cross-process communication of a sample grid); arrays that live on
+    this process only are returned as they are."""
+    def spans(x):
+        return isinstance(x, jax.Array) and not x.is_fully_addressable
+
+    leaves, treedef = jax.tree.flatten(tree)
+    idx = [i for i, x in enumerate(leaves) if spans(x)]
+    full = jax.jit(_identity, out_shardings=[NamedSharding(leaves[i].sharding.mesh, P()) for i in idx])(
+        [leaves[i] for i in idx])
+    for i, x in zip(idx, full, strict=True):
+        leaves[i] = x.addressable_data(0)  # replicated: the shard on this process's first device is the whole array
+    return jax.tree.unflatten(treedef, leaves)
+
+
 def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray:
     """[rows, H, W, 3] images: one row per class, per caption (text) or one unconditional row.
 
-    Every process must call this (the sampler is one program over the globally sharded parameters: a
-    multi-host run where only process 0 sampled would hang)."""
+    On one process the sampler runs over the parameters where they are (the mesh). On several, every process
+    must call this: the parameters are first gathered onto each process's first device and every process then
+    samples and decodes the same grid on its own, without communicating. Why: the sampler is a sequential loop
+    over the T positions, and with the parameters sharded across processes (FSDP) every step all-reduces partial
+    results between the processes: on CPU hosts (gloo over TCP) the runlocal model's 16x16x4 grid made 256
+    iterations x 48 all-reduces, 35-95 s per grid, which looked like a hang in the gather after `sample_codes`.
+    The local copy costs the parameters once more in memory (not the optimizer state), as the one-device
+    `python -m rq_jax.sample` does."""
     n = int(config.sample.num)
     if config.model.cond == "class":
         cond = jnp.asarray(np.repeat(np.arange(max(num_classes, 1)), n), jnp.int32)
@@ -276,8 +304,12 @@ def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, tex
     else:
         cond = None
     batch = n if cond is None else int(cond.shape[0])
+    if jax.process_count() > 1:
+        graph, state = nnx.split(model)
+        state, codebook_KxC = process_local_copy((state, codebook_KxC))
+        model = nnx.merge(graph, state)
     codes = sample_codes(model, codebook_KxC, cond, rng, batch=batch, cfg=sampling_config(config))
-    codes = np.asarray(multihost_utils.process_allgather(codes, tiled=True))  # host copy on every process
+    codes = np.asarray(codes)  # one process: the mesh's fully addressable result; several: this process's own
     images = np.asarray(decoder.decode(jnp.asarray(codes)))  # the decoder lives on one device
     return images.reshape(-1, n, *images.shape[1:])
 

@@ -21,9 +21,11 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -62,11 +64,21 @@ def free_port() -> int:
 
 
 def launch(workdir, data_dir, num_processes: int, devices_per_process: int, log_dir):
-    """Runs `python -m rq_jax.train` in `num_processes` local processes; returns (pids, outputs, returncodes)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+    """Runs the stage-1 `python -m rq_jax.train` in `num_processes` local processes; returns (pids, outputs,
+    returncodes)."""
+    args = [f"--config={REPO}/configs/rqvae/demo.py:runlocal"] + [f"--config.{k}={v}"
+                                                                  for k, v in overrides(data_dir).items()]
+    return run_processes(args, workdir, num_processes, devices_per_process, log_dir)
+
+
+def run_processes(args, workdir, num_processes: int, devices_per_process: int, log_dir, timeout: float = TIMEOUT):
+    """`python -m rq_jax.train --workdir=workdir *args` in `num_processes` local processes (jax.distributed
+    with a free coordinator port when more than one); returns (pids, outputs, returncodes). A run still going
+    after `timeout` seconds (a hang) gets SIGABRT, so faulthandler writes every thread's Python stack into its
+    log, then is killed: its returncode is None and its output ends with a TIMEOUT line."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
-    cmd = [sys.executable, "-m", "rq_jax.train", f"--config={REPO}/configs/rqvae/demo.py:runlocal",
-           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides(data_dir).items()]
+    cmd = [sys.executable, "-m", "rq_jax.train", f"--workdir={workdir}", *args]
     port = free_port()
     procs, logs = [], []
     for i in range(num_processes):
@@ -75,25 +87,34 @@ def launch(workdir, data_dir, num_processes: int, devices_per_process: int, log_
         logs.append(log)
         procs.append(subprocess.Popen(cmd + (extra if num_processes > 1 else []), cwd=REPO, env=env, stdout=log,
                                       stderr=subprocess.STDOUT, text=True))
-    codes = []
+    deadline, codes, timed_out = time.monotonic() + timeout, [], False
     try:
         for p in procs:
-            codes.append(p.wait(timeout=TIMEOUT))
+            try:
+                codes.append(p.wait(timeout=max(deadline - time.monotonic(), 1)))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+                timed_out = True
     finally:
-        for p in procs:  # only on a timeout or an error above: ours, by pid
+        for p in procs:  # only after a timeout or an error above: ours, by pid
             if p.poll() is None:
-                p.kill()
-                p.wait()
+                p.send_signal(signal.SIGABRT)  # faulthandler: the stacks of the hang into the log
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
     outputs = []
     for log in logs:
         log.seek(0)
-        outputs.append(log.read())
+        outputs.append(log.read() + (f"\nTIMEOUT: the processes were still running after {timeout} s\n"
+                                     if timed_out else ""))
         log.close()
-    return [p.pid for p in procs], outputs, codes
+    return [p.pid for p in procs], outputs, [None if timed_out else c for c in codes]
 
 
 def show(outputs) -> str:
-    return "\n".join(f"----- process {i} -----\n{o[-6000:]}" for i, o in enumerate(outputs))
+    return "\n".join(f"----- process {i} -----\n{o[-15000:]}" for i, o in enumerate(outputs))
 
 
 def logged_losses(output: str) -> dict[int, float]:
