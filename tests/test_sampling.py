@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from rq_jax.convert.rq_transformer import model_config_from_official, rq_transformer_params_from_official
 from rq_jax.models.rq_transformer import RQTransformer, logits_with_cache
@@ -82,6 +83,16 @@ def test_top_k_filter_compiles_without_a_full_sort():
     """XLA:CPU turns a TopK whose indices are unused into a sort of all K logits (7x slower at K = 16384)."""
     hlo = jax.jit(lambda x: filter_logits(x, 1024)).lower(jnp.zeros((8, 16384))).compile().as_text()
     assert " sort(" not in hlo
+
+
+def test_top_k_and_top_p_filter_compile_inside_shard_map():
+    """Regression: an optimization barrier on TopK aborted XLA's compiler inside shard_map."""
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",))
+    x = jax.random.normal(jax.random.key(0), (len(jax.devices()) * 2, 512))
+    x = jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data")))
+    fn = jax.jit(jax.shard_map(lambda v: filter_logits(v, 16, 0.9), mesh=mesh, in_specs=P("data"),
+                               out_specs=P("data")))
+    np.testing.assert_array_equal(np.asarray(fn(x)), np.asarray(filter_logits(x, 16, 0.9)))
 
 
 def test_bad_sampling_settings():
