@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from rq_jax import cli
@@ -67,3 +71,24 @@ def test_bugs_keep_their_traceback_and_success_exits_with_the_code(capsys, monke
     assert rc == 3
     rc, _ = _exit(lambda argv: None, [], capsys, monkeypatch)
     assert rc == 0
+
+
+_CACHED_PROGRAM = """
+import jax, jax.numpy as jnp
+from rq_jax import cli
+def main(argv):
+    jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()
+cli.run(main, [])
+"""
+
+
+@pytest.mark.parametrize("setting", ["dir", "off"])
+def test_commands_use_a_persistent_compilation_cache(setting, tmp_path):
+    """A command line's compiled programs go to $RQ_JAX_COMPILATION_CACHE, so the next start loads them."""
+    cache = tmp_path / "xla"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(RQ_JAX_COMPILATION_CACHE=str(cache) if setting == "dir" else "0",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", _CACHED_PROGRAM], env=env, check=True, timeout=120)
+    entries = list(cache.rglob("*")) if cache.exists() else []
+    assert bool(entries) == (setting == "dir"), entries
