@@ -43,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from rq_jax.config_lib import load_config_file
+from rq_jax.eval.io import jit_module_fn
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.models.rqvae import RQVAE, CodebookVar
 from rq_jax.models.weight_dtype import with_weight_dtype
@@ -88,6 +89,8 @@ class Official:
     def __init__(self, repo: str):
         if not os.path.isdir(os.path.join(repo, "rqvae")):
             raise FileNotFoundError(f"{repo} is not a checkout of kakaobrain/rq-vae-transformer (no rqvae/ in it).")
+        # torch's OpenMP threads would otherwise spin after each call, slowing the rq_jax call timed next
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch  # noqa: F401  (before the patch below: torch's own dataclasses stay as they are)
 
         sys.path.insert(0, os.path.abspath(repo))
@@ -198,13 +201,6 @@ def _sync(tree: Any) -> Any:
     return jax.block_until_ready(tree)
 
 
-def _module_fn(module: nnx.Module, fn: Callable) -> Callable:
-    """jit(fn(module, *args)) with the module's state as an argument (not baked in as constants)."""
-    graph, state = nnx.split(module)
-    jitted = jax.jit(lambda state, *a: fn(nnx.merge(graph, state), *a))
-    return lambda *a: jitted(state, *a)
-
-
 def _images(batch: int, res: int) -> np.ndarray:
     return np.random.default_rng(0).uniform(-1, 1, (batch, res, res, 3)).astype(np.float32)
 
@@ -240,7 +236,7 @@ def build(work: Work, official: Official | None, sample_dtype: str
 
 
 def _codec(tm, model, x, beta):
-    ours = _module_fn(model, lambda m, x: (m.encode(x), m.decode(m.encode(x))))
+    ours = jit_module_fn(model, lambda m, x: (m.encode(x), m.decode(m.encode(x))))
     ours_call = lambda: _sync(ours(x))  # noqa: E731
     if tm is None:
         return None, ours_call, ""
@@ -323,8 +319,8 @@ def weight_dtype_cost(model: RQTransformer, fast: RQTransformer, codebook: jax.A
     key = jax.random.key(0)
     codes = sample_codes(model, codebook, cond, key, batch=batch, cfg=cfg)
     codes_fast = sample_codes(fast, codebook, cond, key, batch=batch, cfg=cfg)
-    logits = _module_fn(model, lambda m, c: m(c, cond, codebook_KxC=codebook))(codes)
-    logits_fast = _module_fn(fast, lambda m, c: m(c, cond, codebook_KxC=codebook))(codes)
+    logits = jit_module_fn(model, lambda m, c: m(c, cond, codebook_KxC=codebook))(codes)
+    logits_fast = jit_module_fn(fast, lambda m, c: m(c, cond, codebook_KxC=codebook))(codes)
     diff = float(jnp.max(jnp.abs(logits - logits_fast)))
     scale = float(jnp.max(jnp.abs(logits)))
     agree = float(jnp.mean(codes == codes_fast))

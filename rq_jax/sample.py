@@ -19,6 +19,7 @@ import numpy as np
 from rq_jax import cli, metrics
 from rq_jax.cli import UsageError
 from rq_jax.data.transforms import to_uint8
+from rq_jax.eval.io import jit_module_fn
 from rq_jax.models.weight_dtype import WEIGHT_DTYPES, with_weight_dtype
 from rq_jax.sampling import SamplingConfig, parse_per_depth, sample_codes
 
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
     codebook = decoder.codebook_state.embedding_KxC
     model = with_weight_dtype(model, args.weight_dtype)
     codes = sample_codes(model, codebook, cond, jax.random.key(args.seed), batch=rows * n, cfg=cfg)
-    images = np.asarray(jax.jit(lambda c: decoder.decode(c))(codes))
+    images = np.asarray(jit_module_fn(decoder, lambda m, c: m.decode(c))(codes))  # weights as arguments, not constants
     grid = metrics.image_grid(list(images.reshape(rows, n, *images.shape[1:])))
     metrics.save_png(args.out, grid, upscale=max(1, 64 // images.shape[1]))
     out = dict(codes=np.asarray(codes), images=to_uint8(images),
@@ -137,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg_scale", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weight_dtype", default="float32", choices=WEIGHT_DTYPES,
-                   help="the transformer's matmul weights; bfloat16 halves the memory traffic that bounds sampling "
-                   "on a CPU (float32 accumulation; see benchmarks/RESULTS.md for its cost)")
+                   help="the transformer's matmul weights: bfloat16 halves their memory (float32 accumulation; "
+                   "benchmarks/RESULTS.md has its speed and cost)")
     p.add_argument("--out", default="samples.png")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p

@@ -1,10 +1,11 @@
 """Weight-only reduced precision for inference: Linear kernels stored in bfloat16, float32 accumulation.
 
 Sampling a large RQ-Transformer at small batch reads every weight once per position and depth step, so
-it is bound by memory traffic, not arithmetic: bfloat16 kernels halve the bytes. The activations are
-rounded to bfloat16 at each matmul and the products accumulate in float32 (`preferred_element_type`),
-which is also the fast path of XLA:CPU (oneDNN's bf16 GEMM on AVX512-BF16/AMX) and of GPUs and TPUs.
-Layer norms, embeddings, biases' additions, attention softmax and the logits stay float32.
+bfloat16 kernels halve the bytes read (and the weight memory). The activations are rounded to bfloat16 at
+each matmul and the products accumulate in float32 (`preferred_element_type`). Layer norms, embeddings,
+the attention softmax and the logits stay float32. Whether it is faster depends on the backend: on the
+2-core development CPU (XLA:CPU, AVX512-BF16) the whole sampler was slower than in float32
+(benchmarks/RESULTS.md), so float32 is the default.
 
 The quality cost is measured, not assumed: `benchmarks/vs_official.py --sample_dtype bfloat16` reports the
 largest logit difference and the fraction of codes that agree with float32 sampling on a fixed seed.

@@ -439,10 +439,10 @@ def test_sampling_reads_the_converted_text_model(shrunk_cc3m, tmp_path):
 
 
 def sample_args(workdir, png, prompt=()):
-    import argparse
+    from rq_jax.sample import build_parser
 
-    return argparse.Namespace(workdir=str(workdir), rqvae=None, step=None, classes="", prompt=list(prompt), num=1,
-                              top_k="8", top_p=None, temperature=None, cfg_scale=None, seed=0, out=str(png))
+    args = ["--workdir", str(workdir), "--num", "1", "--top_k", "8", "--out", str(png)]
+    return build_parser().parse_args(args + [a for p in prompt for a in ("--prompt", p)])
 
 
 # ---- (d) PyTorch reference layers -> layout functions -> rq_jax layers -------------------------------------
