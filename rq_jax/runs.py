@@ -15,6 +15,7 @@ import ml_collections
 from flax import nnx
 
 from rq_jax import checkpoints
+from rq_jax.models.abstract import abstract_module
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.models.rqvae import RQVAE, CodebookVar
 
@@ -26,7 +27,7 @@ def load_rqvae(workdir: str, step: int | None = None) -> tuple[RQVAE, ml_collect
     without random initialisation (the model is built abstractly and filled from the checkpoint).
     """
     config = checkpoints.read_run_config(workdir, "rqvae", "stage-1")
-    abstract = nnx.eval_shape(lambda: RQVAE(config.model, rngs=nnx.Rngs(0)))
+    abstract = abstract_module(lambda rngs: RQVAE(config.model, rngs=rngs))
     graph, params, codebook = nnx.split(abstract, nnx.Param, CodebookVar)
     parts, step = checkpoints.restore_parts(workdir, {"gen": params, "codebook": codebook}, step)
     return nnx.merge(graph, parts["gen"], parts["codebook"]), config, step
@@ -37,7 +38,7 @@ def load_rq_transformer(workdir: str, step: int | None = None) -> tuple[RQTransf
     config = checkpoints.read_run_config(
         workdir, "rq_transformer", "stage-2", " (sampling needs the stage-2 workdir; the stage-1 one is found from it)"
     )
-    graph, params = nnx.split(nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(0))))
+    graph, params = nnx.split(abstract_module(lambda rngs: RQTransformer(config.model, rngs=rngs)))
     parts, step = checkpoints.restore_parts(workdir, {"params": params}, step)
     return nnx.merge(graph, parts["params"]), config, step
 

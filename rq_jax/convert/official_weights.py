@@ -18,6 +18,7 @@ from flax import nnx
 from rq_jax.convert import rq_transformer as tf_convert
 from rq_jax.convert import rqvae as vae_convert
 from rq_jax.convert.official_yaml import STAGE1, STAGE2
+from rq_jax.models.abstract import abstract_module
 
 
 @dataclasses.dataclass
@@ -72,7 +73,7 @@ def convert_stage1(state_dict: Mapping[str, np.ndarray], config: ml_collections.
     """
     from rq_jax.models.rqvae import RQVAE, CodebookVar
 
-    model = nnx.eval_shape(lambda: RQVAE(config.model, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda rngs: RQVAE(config.model, rngs=rngs))
     abstract = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     abstract.update(nnx.to_flat_state(nnx.state(model, CodebookVar)))
     state, unused = vae_convert.rqvae_state_from_official(state_dict, model)
@@ -113,7 +114,7 @@ def convert_stage2(state_dict: Mapping[str, np.ndarray], config: ml_collections.
     """The stage-2 trainer state (`params`) of an official RQ-Transformer state dict, as numpy (see convert_stage1)."""
     from rq_jax.models.rq_transformer import RQTransformer
 
-    model = nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda rngs: RQTransformer(config.model, rngs=rngs))
     abstract = dict(nnx.to_flat_state(nnx.state(model)))
     state, unused = tf_convert.rq_transformer_state_from_official(state_dict, model)
     nnx.update(model, nnx.from_flat_state(_cast_flat(nnx.to_flat_state(state), abstract)))

@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
+from rq_jax.models.abstract import abstract_module
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.sampling import SamplingConfig, sample_codes
 from rq_jax.trainers import loop
@@ -97,7 +98,7 @@ def setup_state(config: ml_collections.ConfigDict, mesh, tx) -> StateSetup:
         return dict(step=jnp.zeros((), jnp.int32), params=params, opt=tx.init(params),
                     rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)))
 
-    graph = nnx.graphdef(nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(config.seed))))
+    graph = nnx.graphdef(abstract_module(lambda rngs: RQTransformer(config.model, rngs=rngs), config.seed))
     abstract = jax.eval_shape(init_state)
     shardings = sharding.state_shardings(mesh, abstract, sharding.rules_from_config(config.mesh.get("rules")))
     return StateSetup(graph, tx, sharding.with_shardings(abstract, shardings), shardings,
