@@ -14,17 +14,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import jax
 from flax import nnx
 
 M = TypeVar("M", bound=nnx.Module)
+
+
+def ref_rngs(seed: int | jax.Array) -> nnx.Rngs:
+    """nnx.Rngs(seed) whose streams are JAX refs: the same random numbers, without the quadratic cost when a
+    model is initialised inside a trace (`jax.jit`, `jax.eval_shape`). Use it to build, not to keep."""
+    with nnx.var_defaults(ref=True):
+        return nnx.Rngs(seed)
 
 
 def abstract_module(build: Callable[[nnx.Rngs], M], seed: int = 0) -> M:
     """`nnx.eval_shape(lambda: build(nnx.Rngs(seed)))`, without its quadratic tracing cost."""
 
     def make() -> M:
-        with nnx.var_defaults(ref=True):  # only the RNG streams are refs; the model's Variables are as usual
-            rngs = nnx.Rngs(seed)
-        return build(rngs)
+        return build(ref_rngs(seed))  # only the RNG streams are refs; the model's Variables are as usual
 
     return nnx.eval_shape(make)

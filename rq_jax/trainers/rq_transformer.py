@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
-from rq_jax.models.abstract import abstract_module
+from rq_jax.models.abstract import abstract_module, ref_rngs
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.sampling import SamplingConfig, sample_codes
 from rq_jax.trainers import loop
@@ -94,7 +94,7 @@ BATCH_KEYS = ("features", "label", "caption")
 def setup_state(config: ml_collections.ConfigDict, mesh, tx) -> StateSetup:
     """The train state (step, params, AdamW state, PRNG key data): structure, shardings, sharded init."""
     def init_state():
-        params = nnx.state(RQTransformer(config.model, rngs=nnx.Rngs(config.seed)))
+        params = nnx.state(RQTransformer(config.model, rngs=ref_rngs(config.seed)))
         return dict(step=jnp.zeros((), jnp.int32), params=params, opt=tx.init(params),
                     rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)))
 

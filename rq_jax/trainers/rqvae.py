@@ -30,6 +30,7 @@ from flax import nnx
 from rq_jax import checkpoints, losses, metrics, sharding
 from rq_jax.config_lib import check_known_keys, rqvae_config
 from rq_jax.data.pipeline import build_image_pipeline, eval_batches
+from rq_jax.models.abstract import ref_rngs
 from rq_jax.models.conv import conv_general_dilated
 from rq_jax.models.discriminator import NLayerDiscriminator
 from rq_jax.models.rqvae import RQVAE, CodebookVar
@@ -42,10 +43,10 @@ from rq_jax.trainers import loop
 # ---------------------------------------------------------------------------------------------------
 def _modules(config: ml_collections.ConfigDict, rng: jax.Array) -> tuple[RQVAE, NLayerDiscriminator]:
     r_gen, r_disc = jax.random.split(rng)
-    model = RQVAE(config.model, rngs=nnx.Rngs(r_gen))
+    model = RQVAE(config.model, rngs=ref_rngs(r_gen))
     disc = NLayerDiscriminator(
         config.model.out_channels, config.loss.disc_ndf, config.loss.disc_layers,
-        norm=config.loss.disc_norm, rngs=nnx.Rngs(r_disc),
+        norm=config.loss.disc_norm, rngs=ref_rngs(r_disc),
     )
     return model, disc
 

@@ -26,3 +26,15 @@ def test_abstract_module_equals_eval_shape(kind):
     assert jax.tree.structure(fast_state) == jax.tree.structure(slow_state)
     for a, b in zip(jax.tree.leaves(fast_state), jax.tree.leaves(slow_state), strict=True):
         assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype) == (b.shape, b.dtype)
+
+
+def test_ref_rngs_draw_the_same_parameters_inside_jit():
+    config = rq_transformer_model_config(code_shape=(2, 2, 2), vocab_size=32, embed_dim=8, d_model=32,
+                                         num_heads=2, spatial_layers=1, depth_layers=1)
+    from rq_jax.models.abstract import ref_rngs
+
+    plain = jax.jit(lambda: nnx.state(RQTransformer(config, rngs=nnx.Rngs(5))))()
+    refs = jax.jit(lambda: nnx.state(RQTransformer(config, rngs=ref_rngs(5))))()
+    assert jax.tree.structure(plain) == jax.tree.structure(refs)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(refs), strict=True):
+        assert (a == b).all()
