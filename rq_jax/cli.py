@@ -65,17 +65,19 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
-def guard(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int | None:
+def guard(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None, *,
+          compilation_cache: bool = True) -> int | None:
     """Runs `main(argv)` (argv without the program name, `--debug` removed) and returns its result.
 
     User errors become one stderr line and SystemExit(1, or 2 for usage errors); Ctrl-C exits 130;
     anything else (a bug) keeps its traceback. With `--debug` / RQ_JAX_DEBUG=1 every error keeps its
-    traceback.
+    traceback. `compilation_cache`: turn on the persistent compilation cache (`enable_compilation_cache`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
-    enable_compilation_cache()
+    if compilation_cache:
+        enable_compilation_cache()
     try:
         return main(argv)
     except KeyboardInterrupt:

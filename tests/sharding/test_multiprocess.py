@@ -78,6 +78,9 @@ def run_processes(args, workdir, num_processes: int, devices_per_process: int, l
     log, then is killed: its returncode is None and its output ends with a TIMEOUT line."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+    if num_processes > 1:  # every process compiles: a cache hit in one and a compile in the other can put
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)  # > 30 s between them at the first gloo collective
+        env["RQ_JAX_COMPILATION_CACHE"] = "0"
     cmd = [sys.executable, "-m", "rq_jax.train", f"--workdir={workdir}", *args]
     port = free_port()
     procs, logs = [], []
