@@ -15,7 +15,7 @@ Without it, the rq_jax models are built from the rq_jax config files with random
 Works (CPU float32 on both sides unless `--sample_dtype` says otherwise):
 - `codec`: ImageNet 8x8x4 RQ-VAE, images -> codes -> images, batch 8, 256 px.
 - `step`: the same RQ-VAE, forward (training mode: EMA codebook update) + backward of L1 + beta * commitment,
-  batch 2; the official side with its default (no gradient checkpointing).
+  batch 2; the official side as its yaml says (the ImageNet yaml turns its gradient checkpointing on).
 - `sample_small` (480M yaml shrunk to 512-d, 6 + 2 layers, 8 heads), `sample_ffhq` (FFHQ 355M),
   `sample_in480m` (ImageNet 480M): codes for 8 images with KV caches, temperature 1, the rq_jax config's
   top-k / top-p on both sides; decoding excluded (it is `codec`'s second half).
@@ -44,6 +44,7 @@ from flax import nnx
 
 from rq_jax.config_lib import load_config_file
 from rq_jax.eval.io import jit_module_fn
+from rq_jax.models.abstract import abstract_module
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.models.rqvae import RQVAE, CodebookVar
 from rq_jax.models.weight_dtype import with_weight_dtype
@@ -166,7 +167,7 @@ def rqvae_from_official(model: Any, yaml_cfg: dict) -> tuple[RQVAE, ml_collectio
     sd = _numpy_state(model)
     config, _ = stage1_config_from_official({k: v.shape for k, v in sd.items()}, yaml_cfg)
     state = convert_stage1(sd, config).state
-    graph = nnx.split(nnx.eval_shape(lambda: RQVAE(config.model, rngs=nnx.Rngs(0))), nnx.Param, CodebookVar)[0]
+    graph = nnx.split(abstract_module(lambda rngs: RQVAE(config.model, rngs=rngs)), nnx.Param, CodebookVar)[0]
     return _on_device(nnx.merge(graph, state["gen"], state["codebook"])), config
 
 
@@ -178,7 +179,7 @@ def transformer_from_official(model: Any, yaml_cfg: dict, stage1_config: ml_coll
     sd = _numpy_state(model)
     config, _ = stage2_config_from_official({k: v.shape for k, v in sd.items()}, yaml_cfg, stage1_config)
     state = convert_stage2(sd, config).state
-    graph = nnx.graphdef(nnx.eval_shape(lambda: RQTransformer(config.model, rngs=nnx.Rngs(0))))
+    graph = nnx.graphdef(abstract_module(lambda rngs: RQTransformer(config.model, rngs=rngs)))
     return _on_device(nnx.merge(graph, state["params"]))
 
 
@@ -195,10 +196,6 @@ class Row:
     @property
     def ratio(self) -> str:
         return f"{self.ours_s / self.official_s:.2f}" if self.official_s else "-"
-
-
-def _sync(tree: Any) -> Any:
-    return jax.block_until_ready(tree)
 
 
 def _images(batch: int, res: int) -> np.ndarray:
@@ -228,7 +225,7 @@ def build(work: Work, official: Official | None, sample_dtype: str
         model = transformer_from_official(tm, yaml2, stage1_config)
     else:
         vae_t = tm = None
-        vae = nnx.eval_shape(lambda: RQVAE(stage1_config.model, rngs=nnx.Rngs(0)))
+        vae = abstract_module(lambda rngs: RQVAE(stage1_config.model, rngs=rngs))
         model = RQTransformer(config.model, rngs=nnx.Rngs(0))
         vae.set_codebook(jax.tree.map(lambda a: jax.random.normal(jax.random.key(1), a.shape, a.dtype),
                                       vae.codebook_state))
@@ -236,8 +233,12 @@ def build(work: Work, official: Official | None, sample_dtype: str
 
 
 def _codec(tm, model, x, beta):
-    ours = jit_module_fn(model, lambda m, x: (m.encode(x), m.decode(m.encode(x))))
-    ours_call = lambda: _sync(ours(x))  # noqa: E731
+    def codec(m: RQVAE, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        codes = m.encode(x)
+        return codes, m.decode(codes)
+
+    ours = jit_module_fn(model, codec)
+    ours_call = lambda: jax.block_until_ready(ours(x))  # noqa: E731
     if tm is None:
         return None, ours_call, ""
     import torch
@@ -267,7 +268,7 @@ def _step(tm, model, x, beta):
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     rng = jax.random.key(0)
-    ours_call = lambda: _sync(grad_fn(params, rest, x, rng))  # noqa: E731
+    ours_call = lambda: jax.block_until_ready(grad_fn(params, rest, x, rng))  # noqa: E731
     if tm is None:
         return None, ours_call, ""
     import torch
@@ -292,7 +293,8 @@ def _sample(tm, vae_t, model, vae, config, batch, sample_dtype):
     codebook = jnp.asarray(vae.codebook_state.embedding_KxC)
     cond = None if model.cond_kind == "none" else jnp.arange(batch, dtype=jnp.int32) % int(config.model.num_classes)
     fast = with_weight_dtype(model, sample_dtype)
-    ours_call = lambda: _sync(sample_codes(fast, codebook, cond, jax.random.key(0), batch=batch, cfg=cfg))  # noqa: E731
+    key = jax.random.key(0)
+    ours_call = lambda: jax.block_until_ready(sample_codes(fast, codebook, cond, key, batch=batch, cfg=cfg))  # noqa: E731
     settings = f"top-k {cfg.top_k}, top-p {cfg.top_p}, weights {sample_dtype}"
     note = settings if sample_dtype == "float32" else (  # measured after the timing (it compiles both models)
         lambda: settings + "; " + weight_dtype_cost(model, fast, codebook, cond, batch, cfg))

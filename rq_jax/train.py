@@ -80,11 +80,11 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     logging.set_verbosity(logging.WARNING)  # our progress lines are printed; orbax's INFO is noise
     _maybe_initialize_distributed()
+    import jax
+
     # Several processes: no default compilation cache. A process that loads the step from the cache while
     # another compiles it reaches the first collective tens of seconds earlier, past the fixed 30 s gloo
     # (CPU) waits; JAX_COMPILATION_CACHE_DIR still turns it on.
-    import jax
-
     cli.guard(lambda _: train(config, _WORKDIR.value), sys.argv[1:], compilation_cache=jax.process_count() == 1)
 
 
