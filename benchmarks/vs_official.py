@@ -14,7 +14,8 @@ Without it, the rq_jax models are built from the rq_jax config files with random
 
 Works (CPU float32 on both sides unless `--sample_dtype` says otherwise):
 - `codec`: ImageNet 8x8x4 RQ-VAE, images -> codes -> images, batch 8, 256 px.
-- `step`: the same RQ-VAE, forward (training mode: EMA codebook update) + backward of L1 + beta * commitment,
+- `step`: the same RQ-VAE, forward (training mode: EMA codebook update) + backward of the yaml's reconstruction
+  loss (MSE for ImageNet) + beta * commitment,
   batch 2; the official side as its yaml says (the ImageNet yaml turns its gradient checkpointing on).
 - `sample_small` (480M yaml shrunk to 512-d, 6 + 2 layers, 8 heads), `sample_ffhq` (FFHQ 355M),
   `sample_in480m` (ImageNet 480M): codes for 8 images with KV caches, temperature 1, the rq_jax config's
@@ -214,7 +215,9 @@ def build(work: Work, official: Official | None, sample_dtype: str
         else:
             tm, model = None, RQVAE(stage1_config.model, rngs=nnx.Rngs(0))
         x = _images(work.batch, int(stage1_config.model.resolution))
-        return (_codec if work.kind == "codec" else _step)(tm, model, x, float(stage1_config.loss.beta))
+        if work.kind == "codec":
+            return _codec(tm, model, x)
+        return _step(tm, model, x, float(stage1_config.loss.beta), str(stage1_config.loss.recon))
     if work.shrink:
         d, spatial, depth, heads = work.shrink
         config.model.update(d_model=d, spatial_layers=spatial, depth_layers=depth, num_heads=heads)
@@ -232,7 +235,7 @@ def build(work: Work, official: Official | None, sample_dtype: str
     return _sample(tm, vae_t, model, vae, config, work.batch, sample_dtype)
 
 
-def _codec(tm, model, x, beta):
+def _codec(tm, model, x):
     def codec(m: RQVAE, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         codes = m.encode(x)
         return codes, m.decode(codes)
@@ -257,14 +260,14 @@ def _codec(tm, model, x, beta):
     return official_call, ours_call, f"codes equal {agree:.2%}, max abs image diff {diff:.1e}"
 
 
-def _step(tm, model, x, beta):
+def _step(tm, model, x, beta, recon):
     from rq_jax.losses import reconstruction_loss
 
     graph, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_fn(params, rest, x, rng):
         out = nnx.merge(graph, params, rest).forward_train(x, rng)
-        return reconstruction_loss(x, out.recon) + beta * out.rq.commit_loss, out.codebook
+        return reconstruction_loss(x, out.recon, recon) + beta * out.rq.commit_loss, out.codebook
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     rng = jax.random.key(0)

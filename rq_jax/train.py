@@ -82,6 +82,10 @@ def main(argv: list[str]) -> None:
     _maybe_initialize_distributed()
     import jax
 
+    if jax.process_index() == 0 and jax.default_backend() == "cpu":
+        from rq_jax.allocator import describe
+
+        print(describe(), flush=True)
     # Several processes: no default compilation cache. A process that loads the step from the cache while
     # another compiles it reaches the first collective tens of seconds earlier, past the fixed 30 s gloo
     # (CPU) waits; JAX_COMPILATION_CACHE_DIR still turns it on.
@@ -115,6 +119,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    # First, before any thread exists: re-execute on tcmalloc/jemalloc when installed (rq_jax/allocator.py says why).
+    from rq_jax.allocator import AllocatorError, reexec_with_allocator
+
+    try:
+        reexec_with_allocator()
+    except AllocatorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     # configs/transformer/*.py import their stage-1 config (`from configs.rqvae import ...`): the folder holding
     # `configs/` goes on sys.path before config_flags executes the file, so any working directory works.
     from rq_jax.config_lib import add_config_root_from_argv
