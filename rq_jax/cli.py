@@ -16,6 +16,18 @@ CACHE_ENV = "RQ_JAX_COMPILATION_CACHE"
 DEFAULT_CACHE = os.path.join("~", ".cache", "rq_jax", "xla")
 
 
+def preload_allocator() -> None:
+    """First thing in a command's `__main__`, before JAX is imported: re-execute the command on tcmalloc/jemalloc
+    when one is installed (`rq_jax/allocator.py` says why); a bad RQ_JAX_ALLOCATOR is one line and exit 2."""
+    from rq_jax.allocator import AllocatorError, reexec_with_allocator
+
+    try:
+        reexec_with_allocator()
+    except AllocatorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 class UsageError(ValueError):
     """A command-line argument is invalid (exit code 2)."""
 

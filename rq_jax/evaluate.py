@@ -35,6 +35,10 @@ import os
 from typing import Any
 
 from rq_jax import cli
+
+if __name__ == "__main__":  # before JAX starts: may re-execute on tcmalloc (rq_jax/allocator.py)
+    cli.preload_allocator()
+
 from rq_jax.eval import image_sets, recon
 from rq_jax.eval.io import write_json
 

@@ -23,11 +23,15 @@ import json
 import os
 import time
 
+from rq_jax import cli
+
+if __name__ == "__main__":  # before JAX starts: may re-execute on tcmalloc (rq_jax/allocator.py)
+    cli.preload_allocator()
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rq_jax import cli
 from rq_jax.data.pipeline import build_image_pipeline
 from rq_jax.metrics import format_seconds
 from rq_jax.quantizer import calibrate_temperature, q_tau_stats, sample_vectors

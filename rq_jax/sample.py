@@ -12,11 +12,16 @@ import argparse
 import json
 import os
 
+from rq_jax import cli
+
+if __name__ == "__main__":  # before JAX starts: may re-execute on tcmalloc (rq_jax/allocator.py)
+    cli.preload_allocator()
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rq_jax import cli, metrics
+from rq_jax import metrics
 from rq_jax.cli import UsageError
 from rq_jax.data.transforms import to_uint8
 from rq_jax.eval.io import jit_module_fn

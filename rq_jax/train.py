@@ -119,14 +119,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    # First, before any thread exists: re-execute on tcmalloc/jemalloc when installed (rq_jax/allocator.py says why).
-    from rq_jax.allocator import AllocatorError, reexec_with_allocator
-
-    try:
-        reexec_with_allocator()
-    except AllocatorError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.preload_allocator()  # first, before any thread exists (rq_jax/allocator.py says why)
     # configs/transformer/*.py import their stage-1 config (`from configs.rqvae import ...`): the folder holding
     # `configs/` goes on sys.path before config_flags executes the file, so any working directory works.
     from rq_jax.config_lib import add_config_root_from_argv
