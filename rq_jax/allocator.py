@@ -9,7 +9,8 @@ same ones back at the next step (benchmarks/RESULTS.md, 2026-12-03). The officia
 the same way; TPU VM images preload tcmalloc for this reason.
 
 A malloc can only be chosen before the process starts, so `reexec_with_allocator()` (called first thing by
-`python -m rq_jax.train`) re-executes the same command line with the library in `LD_PRELOAD`. Controlled by
+`python -m rq_jax.train`, `sample`, `extract` and `evaluate`, through `cli.preload_allocator`) re-executes
+the same command line with the library in `LD_PRELOAD`. Controlled by
 `RQ_JAX_ALLOCATOR`: "auto" (default: the first of `CANDIDATES` found), "system" (keep glibc's malloc), or a
 path to a shared library. Nothing happens off Linux, when a tcmalloc/jemalloc is already loaded, or when no
 library is found (`apt install libtcmalloc-minimal4` provides one).
@@ -35,13 +36,17 @@ class AllocatorError(ValueError):
     """RQ_JAX_ALLOCATOR names a library that does not exist."""
 
 
+def _is_allocator(path: str) -> bool:
+    return any(k in os.path.basename(path) for k in _KNOWN)
+
+
 def loaded_allocator(maps_path: str = "/proc/self/maps") -> str | None:
     """Path of the tcmalloc/jemalloc mapped into this process, or None (also off Linux)."""
     try:
         with open(maps_path) as f:
             for line in f:
                 path = line.split()[-1] if line.strip() else ""
-                if any(k in os.path.basename(path) for k in _KNOWN):
+                if _is_allocator(path):
                     return path
     except OSError:
         return None
@@ -78,7 +83,7 @@ def preload_env(environ: Mapping[str, str], *, found: str | None = None, already
     if lib is None:
         return None
     preload = [p for p in environ.get("LD_PRELOAD", "").replace(":", " ").split() if p]
-    if any(any(k in os.path.basename(p) for k in _KNOWN) for p in preload):
+    if any(_is_allocator(p) for p in preload):
         return None  # the user preloads one already (it would be mapped; this is the belt to those braces)
     env = dict(environ)
     env["LD_PRELOAD"] = " ".join([lib, *preload])
