@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from rq_jax import checkpoints, metrics, sharding
 from rq_jax.data.features import build_feature_pipeline, load_meta
-from rq_jax.models.abstract import abstract_module, ref_rngs
+from rq_jax.models.abstract import ref_rngs
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.sampling import SamplingConfig, sample_codes
 from rq_jax.trainers import loop
@@ -93,13 +93,16 @@ BATCH_KEYS = ("features", "label", "caption")
 
 def setup_state(config: ml_collections.ConfigDict, mesh, tx) -> StateSetup:
     """The train state (step, params, AdamW state, PRNG key data): structure, shardings, sharded init."""
+    graphs_seen = []  # the (static) graph, kept from the one abstract trace below instead of a second build
+
     def init_state():
-        params = nnx.state(RQTransformer(config.model, rngs=ref_rngs(config.seed)))
+        graph, params = nnx.split(RQTransformer(config.model, rngs=ref_rngs(config.seed)))
+        graphs_seen.append(graph)
         return dict(step=jnp.zeros((), jnp.int32), params=params, opt=tx.init(params),
                     rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)))
 
-    graph = nnx.graphdef(abstract_module(lambda rngs: RQTransformer(config.model, rngs=rngs), config.seed))
     abstract = jax.eval_shape(init_state)
+    graph = graphs_seen[0]
     shardings = sharding.state_shardings(mesh, abstract, sharding.rules_from_config(config.mesh.get("rules")))
     return StateSetup(graph, tx, sharding.with_shardings(abstract, shardings), shardings,
                       lambda: sharding.sharded_init(init_state, shardings))

@@ -81,17 +81,19 @@ def setup_state(config: ml_collections.ConfigDict, mesh, tx_gen, tx_disc) -> Sta
     discriminator params, its batch statistics and Adam state, and the PRNG key data.
     """
     key = jax.random.key(config.seed)
+    graphs_seen = []  # the (static) graphs, kept from the one abstract trace below instead of a second build
 
     def init_state():
-        _, parts = build_models(config, key)
+        graphs, parts = build_models(config, key)
+        graphs_seen.append(graphs)
         return dict(
             step=jnp.zeros((), jnp.int32), gen=parts["gen"], gen_opt=tx_gen.init(parts["gen"]),
             codebook=parts["codebook"], disc=parts["disc"], disc_stats=parts["disc_stats"],
             disc_opt=tx_disc.init(parts["disc"]), rng=jax.random.key_data(jax.random.fold_in(key, 1)),
         )
 
-    graphs, _ = _split(*nnx.eval_shape(lambda: _modules(config, key)))
     abstract = jax.eval_shape(init_state)
+    graphs = graphs_seen[0]
     shardings = sharding.state_shardings(mesh, abstract, sharding.rules_from_config(config.mesh.get("rules")))
     return StateSetup(graphs, tx_gen, tx_disc, sharding.with_shardings(abstract, shardings), shardings,
                       lambda: sharding.sharded_init(init_state, shardings))
