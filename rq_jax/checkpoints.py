@@ -172,13 +172,14 @@ def restore_partial(path: str, abstract_part: dict[str, Any]) -> dict[str, Any]:
             )
         root = root / str(steps[-1])
     try:
-        tree = _restore_on_host(root / "state")
+        tree = _restore_on_host(root / "state", abstract_part)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"config.init_from={path}: {root / 'state'} could not be read ({e}).") from e
     out = {}
     for k, abstract in abstract_part.items():
         if k not in tree:
-            raise CheckpointError(f"config.init_from={path} has no '{k}' entry (it has {sorted(tree)}).")
+            raise CheckpointError(f"config.init_from={path} has no '{k}' entry "
+                                  f"(it has {sorted(_saved_metadata(root / 'state'))}).")
         # the saved entry is nested dicts, the abstract one an nnx State: match the leaves by path
         try:
             values = fill_abstract(abstract, tree[k], str(root))
@@ -191,13 +192,14 @@ def restore_partial(path: str, abstract_part: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _restore_on_host(state_dir: epath.Path) -> Any:
-    """A saved state tree onto this process's CPU, whatever processes and devices wrote it.
+def _restore_on_host(state_dir: epath.Path, keys: Iterable[str] | None = None) -> Any:
+    """A saved state tree (only its top-level `keys`, if given) onto this process's CPU, whatever processes
+    and devices wrote it.
 
     Without a target orbax restores onto the saved shardings, and refuses ("Topology mismatch") when those
     devices do not exist here, e.g. a checkpoint of a two-process run read by one process.
     """
-    return restore_onto(state_dir, jax.local_devices(backend="cpu")[0])
+    return restore_onto(state_dir, jax.local_devices(backend="cpu")[0], keys)
 
 
 def _saved_metadata(state_dir: epath.Path) -> Any:
@@ -206,12 +208,26 @@ def _saved_metadata(state_dir: epath.Path) -> Any:
     return getattr(getattr(meta, "item_metadata", meta), "tree", meta)
 
 
-def restore_onto(state_dir: epath.Path, device: Any) -> Any:
-    """A saved state tree with every array on `device`, whatever processes and devices wrote it."""
+def restore_onto(state_dir: epath.Path, device: Any, keys: Iterable[str] | None = None) -> Any:
+    """A saved state tree with every array on `device`, whatever processes and devices wrote it.
+
+    With `keys`, only those top-level entries are read (orbax's partial restore; absent keys are left out):
+    loading a model's weights from a train state skips its optimizer state, twice their size with Adam
+    (the FFHQ 355M weights alone: 3.5 s instead of 17.8 s for the whole stage-2 state).
+    """
     one = jax.sharding.SingleDeviceSharding(device)
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), _saved_metadata(state_dir),
+    saved = _saved_metadata(state_dir)
+    if keys is not None:
+        saved = {k: v for k, v in saved.items() if k in set(keys)}
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), saved,
                           is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
-    return ocp.StandardCheckpointer().restore(state_dir, target)
+    if keys is None:
+        return ocp.StandardCheckpointer().restore(state_dir, target)
+    if not target:
+        return {}
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    return ocp.PyTreeCheckpointer().restore(state_dir, args=args)
 
 
 def read_run_config(workdir: str, stage: str, label: str, fix: str = ""):
@@ -249,7 +265,7 @@ def restore_parts(workdir: str, abstract_parts: dict[str, Any], step: int | None
     step = steps[-1] if step is None else step
     where = ckpt.directory / str(step)
     try:
-        tree = restore_onto(where / "state", jax.local_devices()[0])
+        tree = restore_onto(where / "state", jax.local_devices()[0], abstract_parts)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(
             f"The checkpoint {where} could not be read ({type(e).__name__}); pick another step or retrain."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 from rq_jax import cli
 
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
 
     if args.num < 1:
         raise UsageError(f"--num must be at least 1 (samples per row), got {args.num}.")
+    start = time.perf_counter()
     run_ = load_stage2(args.workdir, args.step, args.rqvae)  # checks the stage-1 run matches the transformer
     model, config, step, decoder = run_.model, run_.config, run_.step, run_.decoder
     cfg = sampling_config(args, config)
@@ -117,13 +119,19 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
     n = args.num
     codebook = decoder.codebook_state.embedding_KxC
     model = with_weight_dtype(model, args.weight_dtype)
-    codes = sample_codes(model, codebook, cond, jax.random.key(args.seed), batch=rows * n, cfg=cfg)
+    loaded = time.perf_counter()
+    codes = jax.block_until_ready(sample_codes(model, codebook, cond, jax.random.key(args.seed), batch=rows * n,
+                                               cfg=cfg))
+    sampled = time.perf_counter()
     images = np.asarray(jit_module_fn(decoder, lambda m, c: m.decode(c))(codes))  # weights as arguments, not constants
+    decoded = time.perf_counter()
     grid = metrics.image_grid(list(images.reshape(rows, n, *images.shape[1:])))
     metrics.save_png(args.out, grid, upscale=max(1, 64 // images.shape[1]))
     out = dict(codes=np.asarray(codes), images=to_uint8(images),
                cond=np.asarray(cond) if cond is not None else np.zeros((0,), np.int32))
     np.savez(os.path.splitext(args.out)[0] + ".npz", **out)
+    print(f"time: load {loaded - start:.1f} s, sample {sampled - loaded:.1f} s, decode {decoded - sampled:.1f} s "
+          "(sample and decode include compiling, unless the compilation cache has them)")
     print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.npz ({rows * n} samples, stage-2 step {step})")
     return out
 

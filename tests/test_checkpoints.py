@@ -94,8 +94,22 @@ def test_restore_partial_rejects_other_shapes_and_missing_paths(tmp_path):
         checkpoints.restore_partial(str(tmp_path / "checkpoints"), wrong)
     with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
         checkpoints.restore_partial(str(tmp_path / "nowhere"), wrong)
-    with pytest.raises(checkpoints.CheckpointError, match="has no 'ema' entry"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"has no 'ema' entry \(it has \['opt', 'params', 'step'\]"):
         checkpoints.restore_partial(str(tmp_path / "checkpoints"), {"ema": _abstract(_state())["params"]})
+
+
+def test_restore_onto_reads_only_the_keys_asked_for(tmp_path):
+    ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False, with_data=False)
+    saved = _state(2)
+    ckpt.save(2, saved)
+    ckpt.close()
+    state_dir = ckpt.directory / "2" / "state"
+    cpu = jax.local_devices()[0]
+    some = checkpoints.restore_onto(state_dir, cpu, ["params", "missing"])
+    assert set(some) == {"params"}  # the optimizer state is not read; an absent key is left out
+    _equal(some["params"], saved["params"])
+    _equal(checkpoints.restore_onto(state_dir, cpu), saved)
+    assert checkpoints.restore_onto(state_dir, cpu, ["missing"]) == {}
 
 
 def test_corrupt_checkpoint_names_it_and_deletes_nothing(tmp_path):
