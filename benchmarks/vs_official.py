@@ -12,7 +12,7 @@ into the rq_jax models with `rq_jax.convert` (the same functions as `python -m r
 so both compute the same function; the table reports how closely (codes agreeing, max |image diff|).
 Without it, the rq_jax models are built from the rq_jax config files with random weights.
 
-Works (CPU float32 on both sides unless `--sample_dtype` says otherwise):
+Works (CPU float32 on both sides unless `--sample_dtype` / `--rqvae_dtype` say otherwise):
 - `codec`: ImageNet 8x8x4 RQ-VAE, images -> codes -> images, batch 8, 256 px.
 - `step`: the same RQ-VAE, forward (training mode: EMA codebook update) + backward of the yaml's reconstruction
   loss (MSE for ImageNet) + beta * commitment,
@@ -160,14 +160,15 @@ def _on_device(module: nnx.Module) -> nnx.Module:
     return nnx.merge(graph, jax.tree.map(jnp.asarray, state))
 
 
-def rqvae_from_official(model: Any, yaml_cfg: dict) -> tuple[RQVAE, ml_collections.ConfigDict]:
-    """The rq_jax RQ-VAE holding the official model's weights (and its config)."""
+def rqvae_from_official(model: Any, yaml_cfg: dict, dtype: str = "float32") -> tuple[RQVAE, ml_collections.ConfigDict]:
+    """The rq_jax RQ-VAE holding the official model's weights (and its config), computing in `dtype`."""
     from rq_jax.convert.official_rqvae_config import stage1_config_from_official
     from rq_jax.convert.official_weights import convert_stage1
 
     sd = _numpy_state(model)
     config, _ = stage1_config_from_official({k: v.shape for k, v in sd.items()}, yaml_cfg)
     state = convert_stage1(sd, config).state
+    config.model.dtype = dtype  # activations only: the parameters stay float32
     graph = nnx.split(abstract_module(lambda rngs: RQVAE(config.model, rngs=rngs)), nnx.Param, CodebookVar)[0]
     return _on_device(nnx.merge(graph, state["gen"], state["codebook"])), config
 
@@ -203,7 +204,7 @@ def _images(batch: int, res: int) -> np.ndarray:
     return np.random.default_rng(0).uniform(-1, 1, (batch, res, res, 3)).astype(np.float32)
 
 
-def build(work: Work, official: Official | None, sample_dtype: str
+def build(work: Work, official: Official | None, sample_dtype: str, rqvae_dtype: str = "float32"
           ) -> tuple[Callable | None, Callable, str | Callable[[], str]]:
     """(official fn or None, rq_jax fn, a sanity note, or a function giving it after the timing) for one work."""
     config = load_config_file(str(REPO / work.config))
@@ -211,8 +212,9 @@ def build(work: Work, official: Official | None, sample_dtype: str
     if work.kind in ("codec", "step"):
         if official:
             tm, yaml1 = official.stage1(work.stage1_yaml)
-            model, stage1_config = rqvae_from_official(tm, yaml1)
+            model, stage1_config = rqvae_from_official(tm, yaml1, rqvae_dtype)
         else:
+            stage1_config.model.dtype = rqvae_dtype
             tm, model = None, RQVAE(stage1_config.model, rngs=nnx.Rngs(0))
         x = _images(work.batch, int(stage1_config.model.resolution))
         if work.kind == "codec":
@@ -338,10 +340,11 @@ def _time(fn: Callable) -> float:
     return time.perf_counter() - t
 
 
-def measure(name: str, work: Work, official: Official | None, repeats: int, sample_dtype: str) -> Row:
+def measure(name: str, work: Work, official: Official | None, repeats: int, sample_dtype: str,
+            rqvae_dtype: str = "float32") -> Row:
     """Builds both sides, warms them up, then times them in turn (`repeats` times each)."""
     t0 = time.perf_counter()
-    official_fn, ours_fn, check = build(work, official, sample_dtype)
+    official_fn, ours_fn, check = build(work, official, sample_dtype, rqvae_dtype)
     build_s = time.perf_counter() - t0
     first = _time(ours_fn)
     if official_fn is not None:
@@ -373,6 +376,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sample_dtype", default="float32", choices=("float32", "bfloat16"),
                    help="the rq_jax sampler's weights (the official side stays float32)")
+    p.add_argument("--rqvae_dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="the rq_jax RQ-VAE's activations in codec and step (parameters and the official side "
+                   "stay float32)")
     p.add_argument("--smoke", action="store_true", help="tiny rq_jax-only models (the test suite)")
     args = p.parse_args(argv)
     works = SMOKE if args.smoke else WORKS
@@ -389,7 +395,7 @@ def main(argv: list[str] | None = None) -> str:
         torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     for name in names:
-        rows.append(measure(name, works[name], official, args.repeats, args.sample_dtype))
+        rows.append(measure(name, works[name], official, args.repeats, args.sample_dtype, args.rqvae_dtype))
         print(f"{name}: done", file=sys.stderr, flush=True)
     out = table(rows)
     print(f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax {jax.__version__}, "
