@@ -8,11 +8,12 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from tests.helpers import load_repo_config  # noqa: E402
 
 DATA_DIR = pathlib.Path(__file__).parent / "golden"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -33,14 +34,6 @@ def golden():
     """The official PyTorch implementation's tiny-model parameters and outputs (see tests/golden/README.md)."""
     with np.load(DATA_DIR / "official_tiny.npz") as f:
         return {k: f[k] for k in f.files}
-
-
-def load_repo_config(rel: str, arg: str | None = None):
-    """`get_config(arg)` of a config file given relative to the repository root."""
-    spec = importlib.util.spec_from_file_location(pathlib.Path(rel).stem, REPO / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 
 from rq_jax import cli
 from rq_jax.checkpoints import CheckpointError
+from tests.helpers import assert_one_line_error
 
 
 def _exit(main, argv, capsys, monkeypatch, env=None):
@@ -20,13 +21,6 @@ def _exit(main, argv, capsys, monkeypatch, env=None):
     with pytest.raises(SystemExit) as info:
         cli.run(main, argv)
     return info.value.code, capsys.readouterr()
-
-
-def assert_one_line_error(err: str, contains: str) -> None:
-    """The CLI contract: exactly one stderr line, starting `error: `, no traceback."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and contains in lines[0], err
-    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("error, code", [

@@ -4,8 +4,6 @@ The runs are written as the converter writes them (config.json + an orbax state 
 freshly initialised tiny models of the demo's runlocal configs, so the tests take a few seconds.
 """
 
-import importlib.util
-import pathlib
 
 import jax
 import numpy as np
@@ -16,15 +14,7 @@ from rq_jax import runs
 from rq_jax.checkpoints import Checkpointer
 from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.models.rqvae import RQVAE, CodebookVar
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def load_repo_config(rel, arg=None):
-    spec = importlib.util.spec_from_file_location(pathlib.Path(rel).stem, REPO / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+from tests.helpers import load_repo_config
 
 
 def _write_run(workdir, config, state):

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.helpers import assert_one_line_error
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO = f"{REPO}/configs/rqvae/demo.py"
 
@@ -24,11 +26,7 @@ def train_cli(*args, cwd=REPO):
 
 
 def one_line(proc, code: int, contains: str) -> None:
-    err = proc.stderr.strip()
-    assert proc.returncode == code, (proc.returncode, err[-2000:])
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and contains in lines[0], err[-2000:]
-    assert "Traceback" not in err
+    assert_one_line_error(proc.stderr, contains, code=proc.returncode, want_code=code)
 
 
 @pytest.mark.parametrize("args, code, contains", [

@@ -1,7 +1,6 @@
 """Every stage-1 config builds with the paper's numbers, and each runlocal variant trains a step."""
 
 import glob
-import importlib.util
 import json
 import os
 import pathlib
@@ -10,16 +9,10 @@ import pytest
 
 from rq_jax.config_lib import check_known_keys, rqvae_config
 from rq_jax.models.rqvae import validate_model_config
+from tests.helpers import load_repo_config as load
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in glob.glob(str(REPO / "configs" / "rqvae" / "*.py")) if not p.endswith("__init__.py"))
-
-
-def load(path, arg=None):
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
 
 
 def test_all_paper_settings_exist():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import pathlib
 
@@ -13,6 +12,7 @@ from flax import nnx
 
 from rq_jax.config_lib import check_known_keys, rqvae_config, transformer_config
 from rq_jax.models.rq_transformer import RQTransformer, validate_rq_transformer_config
+from tests.helpers import load_repo_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -35,11 +35,7 @@ SAMPLING = {"lsun_cat": (512, 0.9), "lsun_bedroom": (8192, 0.85), "lsun_church":
 
 
 def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    path = REPO / "configs" / "transformer" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"transformer_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    return load_repo_config(f"configs/transformer/{name}.py", arg)
 
 
 def count_params(model_cfg: ml_collections.ConfigDict) -> int:

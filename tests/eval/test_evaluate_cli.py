@@ -1,7 +1,6 @@
 """`python -m rq_jax.evaluate`: SSIM against a scipy reference, and the recon / reconstruct / fid commands
 on a tiny trained workdir (one training step of the demo's runlocal config)."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -21,6 +20,7 @@ from rq_jax.eval.image_sets import compute_fid
 from rq_jax.eval.recon import ssim
 from rq_jax.models.inception import random_inception_arrays, save_inception
 from rq_jax.models.lpips import lpips_checkpoint_shapes, save_lpips
+from tests.helpers import load_repo_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -67,10 +67,7 @@ def workdir(tmp_path_factory):
     """A stage-1 run after one step of configs/rqvae/demo.py:runlocal on 160 digits (16 held out)."""
     from rq_jax.trainers.rqvae import train
 
-    spec = importlib.util.spec_from_file_location("demo_config_for_eval", REPO / "configs" / "rqvae" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    c = demo.get_config("runlocal")
+    c = load_repo_config("configs/rqvae/demo.py", "runlocal")
     root = tmp_path_factory.mktemp("eval_run")
     c.data.data_dir = str(root / "data")
     c.data.limit = 160

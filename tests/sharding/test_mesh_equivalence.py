@@ -5,8 +5,6 @@ The parameters carry logical axis names; `rq_jax.sharding` maps them onto the me
 heads / MLP / vocabulary / conv outputs over "tensor"), so these meshes really split the state.
 """
 
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,16 +12,9 @@ import numpy as np
 import pytest
 
 from rq_jax import sharding
+from tests.helpers import load_repo_config as load_config
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
-
-
-def load_config(rel, arg=None):
-    spec = importlib.util.spec_from_file_location(pathlib.Path(rel).stem, REPO / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
 
 
 def mesh_of(shape):

@@ -11,15 +11,13 @@ import pytest
 
 from rq_jax import sharding
 from rq_jax.trainers import rq_transformer as t2
+from tests.helpers import load_repo_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def config(m):
-    spec = importlib.util.spec_from_file_location("demo_t", REPO / "configs/transformer/demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("runlocal")
+    c = load_repo_config("configs/transformer/demo.py", "runlocal")
     c.soft.soft_labels, c.soft.stochastic_codes = False, False
     c.model.dropout, c.train.cond_drop_prob = 0.0, 0.0
     c.train.batch_size, c.train.microbatches = 8, m
@@ -58,10 +56,7 @@ def test_batch_not_divisible_by_microbatches_is_one_sentence():
 
 
 def cc3m_step(text_w):
-    spec = importlib.util.spec_from_file_location("cc3m", REPO / "configs/transformer/cc3m.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("runlocal")
+    c = load_repo_config("configs/transformer/cc3m.py", "runlocal")
     c.train.text_loss_weight, c.model.dropout, c.train.batch_size = text_w, 0.0, 4
     mesh = sharding.mesh_from_config({"data": 1}, devices=jax.devices()[:1])
     tx, _ = t2.make_optimizer(c.train, 10)

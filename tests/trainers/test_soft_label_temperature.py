@@ -1,7 +1,6 @@
 """Stage 2 soft-label temperature: 'auto:<bits>' is solved at start-up, written to config.json, kept on resume;
 near-uniform targets raise a warning; the step logs per-depth target entropy."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -10,15 +9,7 @@ import pytest
 
 from rq_jax.trainers import rq_transformer as t2
 from rq_jax.trainers import soft_labels
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def load_config(rel, arg=None):
-    spec = importlib.util.spec_from_file_location(pathlib.Path(rel).stem, REPO / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+from tests.helpers import load_repo_config as load_config
 
 
 def _features_dir(root: pathlib.Path, c, n: int = 16, scale: float = 0.05) -> pathlib.Path:

@@ -1,10 +1,8 @@
 """Stage 2 end to end on tiny configs: extract -> train -> sample (the run: tests/conftest.py's session fixture
 `tiny_stage2_runs`), and the loss falls below log K."""
 
-import importlib.util
 import json
 import math
-import pathlib
 import shutil
 from functools import partial
 
@@ -15,15 +13,8 @@ import pytest
 from flax import nnx
 
 from rq_jax.trainers import rq_transformer as t2
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def load_config(rel, arg=None):
-    spec = importlib.util.spec_from_file_location(pathlib.Path(rel).stem, REPO / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+from tests.helpers import assert_one_line_error
+from tests.helpers import load_repo_config as load_config
 
 
 @pytest.mark.slow
@@ -89,9 +80,7 @@ def test_sample_cli_one_line_errors(tiny_stage2_runs, capsys, flags, message, co
     tmp, _, _ = tiny_stage2_runs
     with pytest.raises(SystemExit) as info:
         cli.run(main, ["--workdir", str(tmp / "transformer"), "--out", str(tmp / "x.png"), *flags])
-    err = capsys.readouterr().err.strip()
-    assert info.value.code == code and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert err.startswith("error: ") and message in err, err
+    assert_one_line_error(capsys.readouterr().err, message, code=info.value.code, want_code=code)
 
 
 def test_loss_falls_well_below_log_k_on_a_fixed_code_set():
