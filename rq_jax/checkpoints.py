@@ -10,6 +10,7 @@ A checkpoint that cannot be read raises one clear error and deletes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -202,9 +203,29 @@ def _restore_on_host(state_dir: epath.Path, keys: Iterable[str] | None = None) -
     return restore_onto(state_dir, jax.local_devices(backend="cpu")[0], keys)
 
 
+class _NoStepMetadataWarning(logging.Filter):
+    """orbax warns "Metadata file does not exist: <item>/_CHECKPOINT_METADATA" whenever an item directory is read
+    directly (that file sits one level up, in the step directory), which is how `restore_onto` reads: noise
+    on every `sample`/`extract`/`evaluate` command, so these reads drop that one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_CHECKPOINT_METADATA" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _reading_an_item():
+    quiet, absl_logger = _NoStepMetadataWarning(), logging.getLogger("absl")
+    absl_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(quiet)
+
+
 def _saved_metadata(state_dir: epath.Path) -> Any:
     """The tree of array metadata (shape, dtype) of a saved state."""
-    meta = ocp.StandardCheckpointer().metadata(state_dir)
+    with _reading_an_item():
+        meta = ocp.StandardCheckpointer().metadata(state_dir)
     return getattr(getattr(meta, "item_metadata", meta), "tree", meta)
 
 
@@ -221,13 +242,14 @@ def restore_onto(state_dir: epath.Path, device: Any, keys: Iterable[str] | None 
         saved = {k: v for k, v in saved.items() if k in set(keys)}
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), saved,
                           is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
-    if keys is None:
-        return ocp.StandardCheckpointer().restore(state_dir, target)
-    if not target:
+    if keys is not None and not target:
         return {}
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
-    return ocp.PyTreeCheckpointer().restore(state_dir, args=args)
+    with _reading_an_item():
+        if keys is None:
+            return ocp.StandardCheckpointer().restore(state_dir, target)
+        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        return ocp.PyTreeCheckpointer().restore(state_dir, args=args)
 
 
 def read_run_config(workdir: str, stage: str, label: str, fix: str = ""):
