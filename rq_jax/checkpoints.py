@@ -239,7 +239,8 @@ def restore_onto(state_dir: epath.Path, device: Any, keys: Iterable[str] | None 
     one = jax.sharding.SingleDeviceSharding(device)
     saved = _saved_metadata(state_dir)
     if keys is not None:
-        saved = {k: v for k, v in saved.items() if k in set(keys)}
+        wanted = set(keys)
+        saved = {k: v for k, v in saved.items() if k in wanted}
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), saved,
                           is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
     if keys is not None and not target:
