@@ -1,9 +1,6 @@
 """Gradient accumulation (config.train.microbatches) computes the full batch's gradient: with deterministic
 codes, one-hot labels and no dropout, M = 2 or 4 slices give the loss and Adam moments of M = 1."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +9,6 @@ import pytest
 from rq_jax import sharding
 from rq_jax.trainers import rq_transformer as t2
 from tests.helpers import load_repo_config
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def config(m):
@@ -84,7 +79,4 @@ def test_cc3m_trains_the_next_text_token_head():
 
 
 def config_text_weight():
-    spec = importlib.util.spec_from_file_location("cc3m", REPO / "configs/transformer/cc3m.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config().train.text_loss_weight
+    return load_repo_config("configs/transformer/cc3m.py").train.text_loss_weight
