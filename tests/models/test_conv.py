@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from rq_jax.models.conv import conv_general_dilated
+from rq_jax.models import conv as conv_module
+from rq_jax.models.conv import conv_general_dilated, use_winograd
 
 DN = ("NHWC", "HWIO", "NHWC")
 CASES = [  # (H, Cin, Cout, kernel, stride, padding)
@@ -70,3 +71,41 @@ def test_gpu_programs_keep_xlas_backward():
     cpu = grad.lower(x, w).as_text()
     assert cuda.count("stablehlo.dot_general") == 0 and cuda.count("stablehlo.convolution") == 3
     assert cpu.count("stablehlo.dot_general") == 9
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Winograd for every eligible shape, however small (the real thresholds need ~64x64x128 inputs)."""
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNELS", 1)
+
+
+@pytest.mark.parametrize("h,cin,cout", [(8, 4, 6), (12, 8, 8)])
+def test_winograd_path_values_and_gradients_equal_xla(winograd_everywhere, h, cin, cout):
+    """Forward and input gradient by Winograd F(4x4) on CPU, kernel gradient by taps: same numbers as XLA."""
+    x = jax.random.normal(jax.random.key(0), (2, h, h, cin))
+    w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.3
+    loss = _loss(conv_general_dilated, 1, "SAME")
+    assert "optimization_barrier" in jax.jit(jax.grad(loss, (0, 1))).lower(x, w).as_text()  # Winograd is used
+    want = jax.jit(jax.value_and_grad(_loss(lax.conv_general_dilated, 1, "SAME"), (0, 1)))(x, w)
+    got = jax.jit(jax.value_and_grad(loss, (0, 1)))(x, w)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(b, a, rtol=3e-5, atol=3e-5 * np.abs(a).max())
+
+
+def test_winograd_is_for_large_float32_3x3_convs_on_cpu_only(monkeypatch):
+    big, k = (2, 64, 64, 128), (3, 3, 128, 128)
+    one = ((1, 1), (1, 1))
+    assert use_winograd(big, k, (jnp.float32, jnp.float32), (1, 1), one)
+    assert not use_winograd(big, k, (jnp.bfloat16, jnp.float32), (1, 1), one)
+    assert not use_winograd(big, k, (jnp.float32, jnp.float32), (2, 2), one)
+    assert not use_winograd(big, k, (jnp.float32, jnp.float32), (1, 1), ((0, 2), (0, 2)))
+    assert not use_winograd((2, 32, 32, 128), k, (jnp.float32,), (1, 1), one)  # 128 tiles: too few
+    assert not use_winograd((2, 64, 64, 64), (3, 3, 64, 64), (jnp.float32,), (1, 1), one)  # 64 channels
+    x, w = jnp.zeros(big), jnp.zeros(k)
+    fwd = jax.jit(lambda x, w: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN))
+    assert "optimization_barrier" in fwd.lower(x, w).as_text()
+    assert "optimization_barrier" not in fwd.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    monkeypatch.setenv("RQ_JAX_WINOGRAD", "0")
+    assert not use_winograd(big, k, (jnp.float32, jnp.float32), (1, 1), one)

@@ -1,0 +1,117 @@
+"""3x3 stride-1 convolutions by Winograd's minimal filtering, F(m x m, 3 x 3), for XLA:CPU.
+
+On a CPU both rq_jax (XLA) and the official code (oneDNN) compute a 3x3 convolution directly, at about
+the machine's float32 peak, so the RQ-VAE's encoder and decoder (nearly all 3x3 convolutions) cannot get
+faster by scheduling alone. Winograd's algorithm computes an m x m output tile from an (m+2) x (m+2) input
+tile with (m+2)^2 products per channel pair instead of 9 m^2: 2.25x fewer multiplications for m = 2,
+4x fewer for m = 4 (Lavin & Gray, 2016). It is
+    y_tile = A^T [ (G w G^T) (.) (B^T x_tile B) ] A,
+and the elementwise product (.) summed over input channels is (m+2)^2 matrix products
+[tiles, Cin] x [Cin, Cout], which XLA runs as well as any matmul.
+
+The input and output transforms are memory traffic; written naively XLA fuses each of the (m+2)^2
+transformed tiles into its own loop that re-reads the whole input. Here each transform is split into a row
+pass and a column pass, and an `optimization_barrier` makes XLA materialise the row pass once (1.5x the
+activations), so the whole input is read a handful of times instead of 36.
+
+Accuracy: F(2x2) rounds like the direct convolution (max error ~1e-6 relative in float32); F(4x4)'s
+transform constants (1/24, 8, ...) cost about one more decimal digit (~1e-5 relative). This module is used
+for float32 only (`rq_jax.models.conv` decides where); in bfloat16 the transforms would lose too much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# (B^T, G, A^T) for output tiles of m x m (Lavin & Gray's interpolation points 0, +-1, +-2, infinity).
+MATRICES: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
+    2: (
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+    ),
+    4: (
+        np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                 np.float64),
+    ),
+}
+
+
+def _combine(coefs: Sequence[float], terms: Sequence[jax.Array]) -> jax.Array:
+    """sum_k coefs[k] * terms[k], skipping zeros and multiplications by +-1 (the transforms are sparse)."""
+    out = None
+    for c, t in zip(coefs, terms, strict=True):
+        if c == 0:
+            continue
+        v = t if c == 1 else (-t if c == -1 else t * jnp.asarray(c, t.dtype))
+        out = v if out is None else out + v
+    assert out is not None
+    return out
+
+
+def kernel_transform(w_3x3xCxO: jax.Array, tile: int) -> jax.Array:
+    """G w G^T for every (in, out) channel pair: [(tile+2)^2, Cin, Cout]."""
+    _, g, _ = MATRICES[tile]
+    a = tile + 2
+    g = jnp.asarray(g, w_3x3xCxO.dtype)
+    u = jnp.einsum("ai,ijco,bj->abco", g, w_3x3xCxO, g, precision=lax.Precision.HIGHEST)
+    return u.reshape(a * a, *w_3x3xCxO.shape[2:])
+
+
+def applies(x_shape: Sequence[int], w_shape: Sequence[int], tile: int) -> bool:
+    """Whether `conv3x3` handles these shapes: a 3x3 kernel and H, W multiples of the tile."""
+    return (len(x_shape) == 4 and tuple(w_shape[:2]) == (3, 3)
+            and x_shape[1] % tile == 0 and x_shape[2] % tile == 0)
+
+
+def conv3x3(x_BxHxWxC: jax.Array, w_3x3xCxO: jax.Array, tile: int = 4, precision: Any = None) -> jax.Array:
+    """The NHWC/HWIO 3x3 convolution with stride 1 and padding 1 on every side, by Winograd F(tile, 3).
+
+    Equals `lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)` up to
+    rounding; H and W must be multiples of `tile` (see `applies`).
+    """
+    if not applies(x_BxHxWxC.shape, w_3x3xCxO.shape, tile):
+        raise ValueError(f"Winograd F({tile}x{tile}, 3x3) needs a 3x3 kernel and H, W multiples of {tile}; "
+                         f"got input {x_BxHxWxC.shape} and kernel {w_3x3xCxO.shape}.")
+    b, h, w, c = x_BxHxWxC.shape
+    o = w_3x3xCxO.shape[-1]
+    bt, _, at = MATRICES[tile]
+    m, a = tile, tile + 2
+    nh, nw = h // m, w // m
+    u_AAxCxO = kernel_transform(w_3x3xCxO, tile)
+
+    # Input transform, rows: tile row i of block n reads padded rows m*n + r, r < a, i.e. block n's m rows
+    # and the first two of block n + 1. One pass writes all a transformed rows ([B, nh, a, W+m, C]).
+    xp = jnp.pad(x_BxHxWxC, ((0, 0), (1, m - 1), (1, m - 1), (0, 0)))
+    blocks = xp.reshape(b, nh + 1, m, w + m, c)
+    rows = [blocks[:, :nh, r] if r < m else blocks[:, 1:, r - m] for r in range(a)]
+    t_BxNHxAxWxC = jnp.stack([_combine(bt[i], rows) for i in range(a)], axis=2)
+    t_BxNHxAxWxC = lax.optimization_barrier(t_BxNHxAxWxC)  # materialise it, or every tile re-reads x
+
+    # ... columns, the same way; (i, j) become the batch axis of the matrix products.
+    cols_blocks = t_BxNHxAxWxC.reshape(b, nh, a, nw + 1, m, c)
+    cols = [cols_blocks[:, :, :, :nw, s] if s < m else cols_blocks[:, :, :, 1:, s - m] for s in range(a)]
+    v = jnp.stack([_combine(bt[j], cols) for j in range(a)], axis=0)        # [j, B, nh, i, nw, C]
+    v_AAxNxC = jnp.moveaxis(v, 3, 0).reshape(a * a, b * nh * nw, c)         # [(i, j), tiles, C]
+
+    m_AAxNxO = lax.dot_general(v_AAxNxC, u_AAxCxO, (((2,), (1,)), ((0,), (0,))), precision=precision,
+                               preferred_element_type=jnp.float32).astype(x_BxHxWxC.dtype)
+    m_AxAxBxNHxNWxO = m_AAxNxO.reshape(a, a, b, nh, nw, o)
+
+    # Output transform, rows then columns (again materialised in between), into m x m output tiles.
+    r_MxAx = jnp.stack([jnp.stack([_combine(at[p], [m_AxAxBxNHxNWxO[i, j] for i in range(a)]) for j in range(a)])
+                        for p in range(m)])                                   # [p, j, B, nh, nw, O]
+    r_MxAx = lax.optimization_barrier(r_MxAx)
+    out = [jnp.stack([_combine(at[q], [r_MxAx[p, j] for j in range(a)]) for q in range(m)], axis=-2)
+           for p in range(m)]                                                 # p: [B, nh, nw, q, O]
+    return jnp.stack(out, axis=2).reshape(b, h, w, o)                         # [B, nh, p, nw, q, O]
