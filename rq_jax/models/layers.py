@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rq_jax.models.conv import conv_general_dilated
+from rq_jax.models.group_norm import GroupNorm
 from rq_jax.sharding import logical_axes
 
 Dtype = Any
@@ -76,16 +77,17 @@ def conv(
 
 def group_norm(
     channels: int, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs
-) -> nnx.GroupNorm:
+) -> GroupNorm:
     """GroupNorm(32 groups, eps 1e-6, affine) over the channel axis, as torch.nn.GroupNorm.
 
-    Uses the two-pass variance (no E[x^2]-E[x]^2 cancellation) with float32 statistics.
+    Uses the two-pass variance (no E[x^2]-E[x]^2 cancellation) with float32 statistics
+    (`rq_jax.models.group_norm.GroupNorm`: nnx.GroupNorm's function, faster on CPU).
     """
     if channels % NORM_GROUPS:
         raise ValueError(
             f"GroupNorm with {NORM_GROUPS} groups needs channels divisible by {NORM_GROUPS}, got {channels}."
         )
-    return nnx.GroupNorm(
+    return GroupNorm(
         channels,
         num_groups=NORM_GROUPS,
         epsilon=NORM_EPS,

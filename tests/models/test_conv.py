@@ -82,7 +82,7 @@ def winograd_everywhere(monkeypatch):
 
 @pytest.mark.parametrize("h,cin,cout", [(8, 4, 6), (12, 8, 8)])
 def test_winograd_path_values_and_gradients_equal_xla(winograd_everywhere, h, cin, cout):
-    """Forward and input gradient by Winograd F(4x4) on CPU, kernel gradient by taps: same numbers as XLA."""
+    """Forward and both gradients by Winograd F(4x4) on CPU: the same numbers as XLA."""
     x = jax.random.normal(jax.random.key(0), (2, h, h, cin))
     w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.3
     loss = _loss(conv_general_dilated, 1, "SAME")
@@ -109,3 +109,18 @@ def test_winograd_is_for_large_float32_3x3_convs_on_cpu_only(monkeypatch):
     assert "optimization_barrier" not in fwd.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
     monkeypatch.setenv("RQ_JAX_WINOGRAD", "0")
     assert not use_winograd(big, k, (jnp.float32, jnp.float32), (1, 1), one)
+
+
+def test_second_order_gradient_through_winograd(winograd_everywhere):
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 2))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 2))
+
+    def outer(conv):
+        def f(x):
+            dw = jax.grad(_loss(conv, 1, "SAME"), 1)(x, w)
+            return jnp.sum(dw ** 2)
+        return jax.grad(f)(x)
+
+    want = np.asarray(outer(lax.conv_general_dilated))  # F(4x4) rounding: ~1e-5 of the largest value
+    np.testing.assert_allclose(np.asarray(outer(conv_general_dilated)), want, rtol=1e-4,
+                               atol=3e-5 * np.abs(want).max())

@@ -55,3 +55,15 @@ def test_shapes_it_does_not_handle_get_one_clear_error():
     assert not winograd.applies((1, 6, 8, 2), (3, 3, 2, 2), 4) and winograd.applies((1, 8, 8, 2), (3, 3, 2, 2), 4)
     with pytest.raises(ValueError, match=r"H, W multiples of 4; got input \(1, 6, 8, 2\)"):
         winograd.conv3x3(jnp.zeros((1, 6, 8, 2)), jnp.zeros((3, 3, 2, 2)), 4)
+
+
+@pytest.mark.parametrize("tile,shape", list(itertools.product([2, 4], SHAPES)))
+def test_kernel_grad3x3_equals_the_direct_convolutions_kernel_gradient(tile, shape):
+    b, h, w, cin, cout = shape
+    x = jax.random.normal(jax.random.key(0), (b, h, w, cin))
+    k = jax.random.normal(jax.random.key(1), (3, 3, cin, cout))
+    g = jax.random.normal(jax.random.key(3), (b, h, w, cout))
+    want = np.asarray(jax.vjp(lambda k: _direct(x, k), k)[1](g)[0])
+    got = np.asarray(jax.jit(lambda x, g: winograd.kernel_grad3x3(x, g, tile))(x, g))
+    assert got.shape == want.shape == (3, 3, cin, cout)
+    assert np.abs(got - want).max() <= TOLERANCE[tile] * np.abs(want).max()
