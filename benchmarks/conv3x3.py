@@ -75,7 +75,7 @@ def _row(r: dict) -> str:
             f"{r['gflops']:.0f} | {r['speedup']:.2f} | {r['rel_err']:.1e} |")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="HxC or HxCinxCout")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}")
     print("| batch | H=W | channels | algorithm | s | GFLOP/s (direct's flops) | speed-up | max rel. diff |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    run(args.batch, args.shapes, args.repeats)
+    return run(args.batch, args.shapes, args.repeats)
 
 
 if __name__ == "__main__":
