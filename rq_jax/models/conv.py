@@ -1,4 +1,4 @@
-"""A 2-D NHWC convolution whose backward pass is fast on XLA:CPU (same numbers, different schedule).
+"""A 2-D NHWC convolution that is fast on XLA:CPU: its own backward pass, and Winograd for large 3x3 layers.
 
 XLA:CPU computes the kernel gradient of a convolution as a convolution whose window is the whole
 image (e.g. 256x256 for the RQ-VAE's top level) and runs it ~5x slower than the forward pass: on the
