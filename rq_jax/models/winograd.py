@@ -12,7 +12,9 @@ and the elementwise product (.) summed over input channels is (m+2)^2 matrix pro
 The input and output transforms are memory traffic; written naively XLA fuses each of the (m+2)^2
 transformed tiles into its own loop that re-reads the whole input. Here each transform is split into a row
 pass and a column pass, and an `optimization_barrier` makes XLA materialise the row pass once (1.5x the
-activations), so the whole input is read a handful of times instead of 36.
+activations), so the whole input is read a handful of times instead of 36. `kernel_grad3x3` runs the same
+three steps transposed for the kernel gradient (one [Cin, tiles] x [tiles, Cout] product per transformed
+position instead of nine per-tap products over all pixels).
 
 Accuracy: F(2x2) rounds like the direct convolution (max error ~1e-6 relative in float32); F(4x4)'s
 transform constants (1/24, 8, ...) cost about one more decimal digit (~1e-5 relative). This module is used
