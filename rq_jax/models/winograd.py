@@ -64,11 +64,16 @@ def _combine(coefs: Sequence[float], terms: Sequence[jax.Array]) -> jax.Array:
 def kernel_transform(w_3x3xCxO: jax.Array, tile: int) -> jax.Array:
     """G w G^T for every (in, out) channel pair: [(tile+2)^2, Cin, Cout]."""
     _, g, _ = MATRICES[tile]
-    a = tile + 2
-    # As sums of the 9 taps with constant weights (one elementwise pass): an einsum with G makes XLA:CPU
-    # run matrix products with 3 terms, 0.36 s of the ImageNet codec's 12 s for this tiny transform.
-    taps = [w_3x3xCxO[i, j] for i in range(3) for j in range(3)]
-    return jnp.stack([_combine(np.outer(g[p], g[q]).ravel(), taps) for p in range(a) for q in range(a)])
+    return _sandwich(g, [w_3x3xCxO[i, j] for i in range(3) for j in range(3)])
+
+
+def _sandwich(mat: np.ndarray, taps: Sequence[jax.Array]) -> jax.Array:
+    """mat T mat^T for a small matrix T given as its n x n entries `taps` (row major), over all channel
+    pairs: [rows(mat)^2, ...]. As sums of the taps with constant weights (one elementwise pass): an einsum
+    makes XLA:CPU run matrix products with 3 terms, 0.36 s of the ImageNet codec's 12 s for the kernel
+    transform alone."""
+    k = mat.shape[0]
+    return jnp.stack([_combine(np.outer(mat[p], mat[q]).ravel(), taps) for p in range(k) for q in range(k)])
 
 
 def applies(x_shape: Sequence[int], w_shape: Sequence[int], tile: int) -> bool:
@@ -154,6 +159,4 @@ def kernel_grad3x3(x_BxHxWxC: jax.Array, g_BxHxWxO: jax.Array, tile: int = 4, pr
                           ).reshape(a * a, b * nh * nw, o)
     du_AAxCxO = lax.dot_general(input_transform(x_BxHxWxC, tile), dm_AAxNxO, (((1,), (1,)), ((0,), (0,))),
                                 precision=precision, preferred_element_type=jnp.float32)
-    taps = [du_AAxCxO[i] for i in range(a * a)]
-    return jnp.stack([_combine(np.outer(g_mat[:, p], g_mat[:, q]).ravel(), taps)
-                      for p in range(3) for q in range(3)]).reshape(3, 3, *du_AAxCxO.shape[1:])
+    return _sandwich(g_mat.T, [du_AAxCxO[i] for i in range(a * a)]).reshape(3, 3, *du_AAxCxO.shape[1:])

@@ -48,19 +48,21 @@ def test_other_layouts_and_groups_fall_through_to_xla():
                                   np.asarray(lax.conv_general_dilated(x, w, (1, 1), "SAME", **kw)))
 
 
-def test_second_order_gradient():
-    """The trainer differentiates through a kernel gradient (the GAN loss's adaptive weight)."""
-    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
+def _second_order(conv, h):
+    """d/dx of |dL/dw|^2: a gradient through a kernel gradient."""
+    x = jax.random.normal(jax.random.key(0), (1, h, h, 2))
     w = jax.random.normal(jax.random.key(1), (3, 3, 2, 2))
 
-    def outer(conv):
-        def f(x):
-            dw = jax.grad(_loss(conv, 1, "SAME"), 1)(x, w)
-            return jnp.sum(dw ** 2)
-        return jax.grad(f)(x)
+    def f(x):
+        dw = jax.grad(_loss(conv, 1, "SAME"), 1)(x, w)
+        return jnp.sum(dw ** 2)
+    return np.asarray(jax.grad(f)(x))
 
-    np.testing.assert_allclose(np.asarray(outer(conv_general_dilated)),
-                               np.asarray(outer(lax.conv_general_dilated)), rtol=1e-4, atol=1e-5)
+
+def test_second_order_gradient():
+    """The trainer differentiates through a kernel gradient (the GAN loss's adaptive weight)."""
+    np.testing.assert_allclose(_second_order(conv_general_dilated, 5), _second_order(lax.conv_general_dilated, 5),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_gpu_programs_keep_xlas_backward():
@@ -112,15 +114,6 @@ def test_winograd_is_for_large_float32_3x3_convs_on_cpu_only(monkeypatch):
 
 
 def test_second_order_gradient_through_winograd(winograd_everywhere):
-    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 2))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 2))
-
-    def outer(conv):
-        def f(x):
-            dw = jax.grad(_loss(conv, 1, "SAME"), 1)(x, w)
-            return jnp.sum(dw ** 2)
-        return jax.grad(f)(x)
-
-    want = np.asarray(outer(lax.conv_general_dilated))  # F(4x4) rounding: ~1e-5 of the largest value
-    np.testing.assert_allclose(np.asarray(outer(conv_general_dilated)), want, rtol=1e-4,
+    want = _second_order(lax.conv_general_dilated, 8)  # F(4x4) rounding: ~1e-5 of the largest value
+    np.testing.assert_allclose(_second_order(conv_general_dilated, 8), want, rtol=1e-4,
                                atol=3e-5 * np.abs(want).max())
