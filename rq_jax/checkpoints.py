@@ -287,13 +287,35 @@ def restore_parts(workdir: str, abstract_parts: dict[str, Any], step: int | None
         raise FileNotFoundError(f"{ckpt.directory} has no step {step}; its steps are {', '.join(map(str, steps))}.")
     step = steps[-1] if step is None else step
     where = ckpt.directory / str(step)
+    device = jax.local_devices()[0]
     try:
-        tree = restore_onto(where / "state", jax.local_devices()[0], abstract_parts)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(
-            f"The checkpoint {where} could not be read ({type(e).__name__}); pick another step or retrain."
-        ) from e
+        tree = _restore_as(where / "state", abstract_parts, device)
+    except Exception:  # noqa: BLE001 - another structure or shape: read what is there, for a clear error below
+        try:
+            tree = restore_onto(where / "state", device, abstract_parts)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"The checkpoint {where} could not be read ({type(e).__name__}); pick another step or retrain."
+            ) from e
     return {k: fill_abstract(a, tree.get(k, {}), str(where)) for k, a in abstract_parts.items()}, step
+
+
+def _restore_as(state_dir: epath.Path, abstract_parts: dict[str, Any], device: Any) -> Any:
+    """The saved entries at exactly the abstract leaves' paths and shapes (orbax's partial restore, strict
+    shapes), onto `device`. Skips reading the saved tree's metadata first (`restore_onto`), ~0.8 s per run of
+    the FFHQ models; raises when the checkpoint has another structure or shape."""
+    one = jax.sharding.SingleDeviceSharding(device)
+    target: dict = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_parts)[0]:
+        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        node = target
+        for name in names[:-1]:
+            node = node.setdefault(name, {})
+        node[names[-1]] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=one)
+    with _reading_an_item():
+        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        return ocp.PyTreeCheckpointer().restore(state_dir, args=args)
 
 
 def fill_abstract(abstract_state: Any, saved: Any, where: str) -> Any:

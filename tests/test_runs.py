@@ -83,3 +83,28 @@ def test_mismatched_or_missing_runs_are_refused_with_a_clear_sentence(tiny_runs)
         runs.load_stage2(str(root / "rqvae"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         runs.load_stage2(str(root / "missing"))
+
+
+def test_loading_reads_only_the_model_entries_at_the_models_paths(tiny_runs, monkeypatch):
+    """The fast path restores straight onto the abstract model's paths and shapes; it never needs the saved
+    tree's metadata (`restore_onto`, the slower fallback that exists for clear errors)."""
+    root, vae, transformer = tiny_runs
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("restore_onto was called: the direct restore failed")
+
+    monkeypatch.setattr(runs.checkpoints, "restore_onto", no_fallback)
+    _assert_same_state(runs.load_rqvae(str(root / "rqvae"))[0], vae)
+    _assert_same_state(runs.load_rq_transformer(str(root / "transformer"))[0], transformer)
+
+
+def test_a_checkpoint_of_another_model_than_its_config_is_refused_with_a_clear_sentence(tiny_runs, tmp_path):
+    import shutil
+
+    root, _, _ = tiny_runs
+    run = tmp_path / "mixed"
+    shutil.copytree(root / "other_rqvae", run)  # weights of a model with half the codes ...
+    shutil.copy(root / "rqvae" / "config.json", run / "config.json")  # ... under the other model's config
+    with pytest.raises(runs.checkpoints.CheckpointError, match=r"does not match the model described by its "
+                       r"config.json \(at .*codebook.*\); it was written by another model configuration"):
+        runs.load_rqvae(str(run))
