@@ -6,7 +6,10 @@
 Writes a stage-1 and a stage-2 run under --dir as the trainers save them (the whole train state: weights,
 optimizer state, discriminator, PRNG key) with random values, then runs the command in fresh processes,
 first with an empty compilation cache, then again with the cache it filled, and prints the wall time of
-each run beside the phases the command reports (`time:` line). Nothing is downloaded. The runs are kept,
+each run beside the phases the command reports (`time:` line). Then it measures the work itself (the
+sampling and the decoding, called a second time in one process) and reports the start-up of each run: its
+wall time minus that work, i.e. Python, imports, loading, tracing and compiling (or reading the compiled
+programs from the cache), and the first calls' extra time. Nothing is downloaded. The runs are kept,
 so a second invocation with the same --dir skips writing them (--rewrite to force).
 """
 
@@ -82,6 +85,29 @@ def run_command(s2_dir: str, cache: str, out: str, num: int) -> tuple[float, str
     return wall, phases.group(1) if phases else "?"
 
 
+_WORK = """
+import sys
+from rq_jax import cli
+cli.preload_allocator()  # as the command does (re-executes on tcmalloc when it is installed)
+from rq_jax import sample
+cli.enable_compilation_cache()
+args = sample.build_parser().parse_args(sys.argv[1:])
+sample.run(args)
+sample.run(args)  # the same programs again: its sample and decode phases are the work alone
+"""
+
+
+def steady_work(s2_dir: str, cache: str, out: str, num: int) -> float:
+    """Seconds of sampling + decoding alone: the second `run` of the sample command in one process."""
+    env = dict(os.environ, RQ_JAX_COMPILATION_CACHE=cache)
+    cmd = [sys.executable, "-c", _WORK, "--workdir", s2_dir, "--num", str(num), "--out", out]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the steady-state run failed:\n{proc.stdout}\n{proc.stderr}")
+    last = re.findall(r"^time: load [\d.]+ s, sample ([\d.]+) s, decode ([\d.]+) s", proc.stdout, re.MULTILINE)[-1]
+    return float(last[0]) + float(last[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/transformer/ffhq.py", help="stage-2 config file (PATH[:arg])")
@@ -107,12 +133,15 @@ def main(argv: list[str] | None = None) -> None:
         wall, phases = run_command(s2_dir, cache, os.path.join(args.dir, "samples.png"), args.num)
         rows.append(("cold cache" if i == 0 else "warm cache", wall, phases))
         print(f"{rows[-1][0]}: {wall:.1f} s ({phases})", flush=True)
+    work = steady_work(s2_dir, cache, os.path.join(args.dir, "samples.png"), args.num)
+    print(f"work (sampling + decoding, a second call in one process): {work:.1f} s", flush=True)
     print(f"\n`python -m rq_jax.sample`, {args.config}, {args.num} images; runs on disk: stage 1 "
-          f"{sizes['stage1']:.2f} GB, stage 2 {sizes['stage2']:.2f} GB (whole train states)\n")
-    print("| run | wall s | phases reported by the command |")
-    print("| --- | --- | --- |")
+          f"{sizes['stage1']:.2f} GB, stage 2 {sizes['stage2']:.2f} GB (whole train states); the work "
+          f"itself (sampling + decoding, warm): {work:.1f} s\n")
+    print("| run | wall s | start-up s (wall - work) | phases reported by the command |")
+    print("| --- | --- | --- | --- |")
     for name, wall, phases in rows:
-        print(f"| {name} | {wall:.1f} | {phases} |")
+        print(f"| {name} | {wall:.1f} | {wall - work:.1f} | {phases} |")
 
 
 if __name__ == "__main__":
