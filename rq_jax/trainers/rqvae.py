@@ -165,7 +165,12 @@ def adversarial_loss(state: dict, recon: jax.Array, nll: jax.Array, nll_vjp: Cal
     """(adv_weight * w * g, g, w): the generator's GAN loss g on the reconstruction and its adaptive weight w,
     the ratio of the NLL's and g's gradient norms at the decoder's last layer (from its input h)."""
     def g_fn(r):
-        return losses.generator_adv_loss(nnx.merge(disc_graph, state["disc"], state["disc_stats"])(r))
+        # copy=True: fresh Variables of this trace; BatchNorm (the official discriminator) writes its running
+        # statistics in training mode, and writing the state's own Variables from inside vjp and cond is a
+        # TraceContextError. The generator pass's statistics are dropped, as only the discriminator's own
+        # update keeps them.
+        disc = nnx.merge(disc_graph, state["disc"], state["disc_stats"], copy=True)
+        return losses.generator_adv_loss(disc(r))
 
     g, g_vjp = jax.vjp(g_fn, recon)
     w = jnp.float32(1.0)
@@ -218,7 +223,7 @@ def discriminator_update(state: dict, x: jax.Array, fake: jax.Array, *, disc_gra
     d_loss_fn = losses.hinge_d_loss if lc.disc_loss == "hinge" else losses.vanilla_d_loss
 
     def d_loss(params):
-        disc = nnx.merge(disc_graph, params, state["disc_stats"])
+        disc = nnx.merge(disc_graph, params, state["disc_stats"], copy=True)  # BatchNorm writes (see g_fn)
         real_logits = disc(x)
         fake_logits = disc(fake)  # separate calls: each batch gets its own BatchNorm statistics
         _, _, stats = nnx.split(disc, nnx.Param, ...)

@@ -146,3 +146,37 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypat
         trainer.train(c, "w")
     assert sorted(os.listdir(wd / "checkpoints")) == ["2"]
     assert int(saved_state(wd, 2)["step"]) == 2
+
+
+@pytest.mark.slow
+def test_train_step_with_the_official_batchnorm_discriminator(tmp_path):
+    """Every full stage-1 config uses the official discriminator (BatchNorm, `loss.disc_norm="batch"`), while
+    the runlocal configs use GroupNorm. Its running statistics are written inside the step's vjp and cond:
+    the step must trace, leave them alone before `disc_start` and move them after."""
+    import jax
+
+    from rq_jax import sharding
+
+    c = tiny_config(2, tmp_path)
+    c.loss.disc_norm = "batch"
+    c.loss.disc_start = 1
+    mesh = sharding.mesh_from_run_config(c.mesh)
+    tx_gen, _ = trainer.make_optimizer(c.train.lr, c.train, 1)
+    tx_disc, _ = trainer.make_optimizer(c.train.disc_lr, c.train, 1)
+    setup = trainer.setup_state(c, mesh, tx_gen, tx_disc)
+    step = trainer.jit_train_step(c, mesh, setup, None, False)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, c.data.image_size, c.data.image_size, 3)).astype(np.float32)
+    batch = sharding.global_batch(mesh, {"image": x})
+    with jax.set_mesh(mesh):
+        state = setup.init()
+        stats0 = jax.tree.map(np.asarray, state["disc_stats"])
+        assert jax.tree.leaves(stats0)  # BatchNorm has running statistics
+        state, m0 = step(state, batch, None)
+        stats1 = jax.tree.map(np.asarray, state["disc_stats"])
+        state, m1 = step(state, batch, None)
+        stats2 = jax.tree.map(np.asarray, state["disc_stats"])
+    assert_trees_equal(stats1, stats0)  # step 0: discriminator off
+    assert float(m0["g_loss"]) == 0.0 and float(m1["g_loss"]) != 0.0
+    assert np.isfinite(float(m1["loss"])) and np.isfinite(float(m1["d_loss"]))
+    moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats2), jax.tree.leaves(stats1), strict=True)]
+    assert all(moved)  # step 1: both discriminator calls updated every running mean and variance
