@@ -149,34 +149,40 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_train_step_with_the_official_batchnorm_discriminator(tmp_path):
-    """Every full stage-1 config uses the official discriminator (BatchNorm, `loss.disc_norm="batch"`), while
-    the runlocal configs use GroupNorm. Its running statistics are written inside the step's vjp and cond:
-    the step must trace, leave them alone before `disc_start` and move them after."""
+def test_train_step_with_the_full_configs_losses(tmp_path):
+    """Every full stage-1 config trains with LPIPS and the official discriminator (BatchNorm,
+    `loss.disc_norm="batch"`), the runlocal configs with neither. The BatchNorm running statistics are written
+    inside the step's vjp and cond: the step must trace, leave them alone before `disc_start` and move them
+    after, with a finite perceptual term (random LPIPS weights written like `convert lpips` writes them)."""
     import jax
 
     from rq_jax import sharding
+    from rq_jax.models.lpips import lpips_checkpoint_shapes, save_lpips
 
+    rng = np.random.default_rng(1)
+    save_lpips(tmp_path / "lpips.npz", {name: rng.normal(0, 0.1, shape).astype(np.float32)
+                                        for name, shape in lpips_checkpoint_shapes().items()})
     c = tiny_config(2, tmp_path)
-    c.loss.disc_norm = "batch"
-    c.loss.disc_start = 1
+    c.loss.update(disc_norm="batch", disc_start=1, perceptual_weight=1.0, lpips_path=str(tmp_path / "lpips.npz"))
     mesh = sharding.mesh_from_run_config(c.mesh)
     tx_gen, _ = trainer.make_optimizer(c.train.lr, c.train, 1)
     tx_disc, _ = trainer.make_optimizer(c.train.disc_lr, c.train, 1)
     setup = trainer.setup_state(c, mesh, tx_gen, tx_disc)
-    step = trainer.jit_train_step(c, mesh, setup, None, False)
+    lpips_graph, lpips_state = trainer.load_perceptual(c)
+    step = trainer.jit_train_step(c, mesh, setup, lpips_graph, True)
     x = np.random.default_rng(0).uniform(-1, 1, (8, c.data.image_size, c.data.image_size, 3)).astype(np.float32)
     batch = sharding.global_batch(mesh, {"image": x})
     with jax.set_mesh(mesh):
         state = setup.init()
         stats0 = jax.tree.map(np.asarray, state["disc_stats"])
         assert jax.tree.leaves(stats0)  # BatchNorm has running statistics
-        state, m0 = step(state, batch, None)
+        state, m0 = step(state, batch, lpips_state)
         stats1 = jax.tree.map(np.asarray, state["disc_stats"])
-        state, m1 = step(state, batch, None)
+        state, m1 = step(state, batch, lpips_state)
         stats2 = jax.tree.map(np.asarray, state["disc_stats"])
     assert_trees_equal(stats1, stats0)  # step 0: discriminator off
     assert float(m0["g_loss"]) == 0.0 and float(m1["g_loss"]) != 0.0
-    assert np.isfinite(float(m1["loss"])) and np.isfinite(float(m1["d_loss"]))
+    assert float(m0["nll"]) > float(m0["rec_loss"])  # the perceptual term is in the NLL
+    assert all(np.isfinite(float(m[k])) for m in (m0, m1) for k in ("loss", "nll", "d_loss", "grad_norm"))
     moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats2), jax.tree.leaves(stats1), strict=True)]
     assert all(moved)  # step 1: both discriminator calls updated every running mean and variance
