@@ -132,9 +132,24 @@ def _conv_bwd(strides, pads, precision, preferred, res, g):
         else:
             _, vjp_x = jax.vjp(lambda x: _xla_conv(x, w, strides, pads, precision, preferred), x)
             (dx,) = vjp_x(g)
-        return dx, dw
+        return _sum_to_varying(dx, x), _sum_to_varying(dw, w)
 
     return lax.platform_dependent(x, w, g, cpu=cpu_grads, default=xla_grads)
+
+
+def _varying_axes(a: jax.Array) -> frozenset:
+    """The manual mesh axes `a` varies over inside `jax.shard_map` (empty outside one)."""
+    aval = jax.typeof(a)
+    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10
+    return frozenset(getattr(manual, "varying", None) or getattr(aval, "vma", None) or ())
+
+
+def _sum_to_varying(ct: jax.Array, primal: jax.Array) -> jax.Array:
+    """The cotangent summed over the mesh axes it varies over but its primal does not. Inside shard_map
+    a replicated kernel meets per-device images, and JAX's own transpose sums its gradient over the
+    devices; the hand-written gradients above are per device until summed the same way."""
+    extra = _varying_axes(ct) - _varying_axes(primal)
+    return lax.psum(ct, tuple(sorted(extra))) if extra else ct
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

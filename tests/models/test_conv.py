@@ -117,3 +117,29 @@ def test_second_order_gradient_through_winograd(winograd_everywhere):
     want = _second_order(lax.conv_general_dilated, 8)  # F(4x4) rounding: ~1e-5 of the largest value
     np.testing.assert_allclose(_second_order(conv_general_dilated, 8), want, rtol=1e-4,
                                atol=3e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("winograd", [False, True])
+def test_gradients_inside_shard_map_equal_xla(monkeypatch, winograd):
+    """Per-device images and a replicated kernel (data parallelism written with jax.shard_map): the kernel's
+    gradient is summed over the devices as JAX's own transpose sums it (the CPU branch's gradient varied
+    over the mesh axis, and `platform_dependent` refused the two branches' types)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    if winograd:
+        monkeypatch.setattr(conv_module, "WINOGRAD_MIN_TILES", 1)
+        monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNELS", 1)
+    mesh = jax.make_mesh((4,), ("i",), devices=jax.devices()[:4])
+    x = jax.device_put(jax.random.normal(jax.random.key(0), (8, 8, 8, 4)), NamedSharding(mesh, P("i")))
+    w = jax.device_put(jax.random.normal(jax.random.key(1), (3, 3, 4, 6)) * 0.3, NamedSharding(mesh, P()))
+
+    def grads(conv):
+        loss = lambda x, w: lax.psum(_loss(conv, 1, "SAME")(x, w), "i")  # noqa: E731
+        fn = jax.shard_map(jax.grad(loss, (0, 1)), mesh=mesh, in_specs=(P("i"), P()), out_specs=(P("i"), P()))
+        return jax.jit(fn)(x, w)
+
+    want, got = grads(lax.conv_general_dilated), grads(conv_general_dilated)
+    for a, b in zip(want, got, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(b, a, rtol=3e-5, atol=3e-5 * np.abs(a).max())
