@@ -72,16 +72,23 @@ def make_runs(config_spec: str, root: str) -> str:
     return s2_dir
 
 
-def run_command(s2_dir: str, cache: str, out: str, num: int) -> tuple[float, str]:
-    """Wall seconds of one `python -m rq_jax.sample` in a fresh process, and its `time:` line."""
+def _python(args: list[str], s2_dir: str, cache: str, out: str, num: int) -> tuple[float, str]:
+    """(wall seconds, stdout) of `python ARGS` with the sample command's flags, in a fresh process using the
+    compilation cache `cache`; raises with its output when it fails."""
     env = dict(os.environ, RQ_JAX_COMPILATION_CACHE=cache)
-    cmd = [sys.executable, "-m", "rq_jax.sample", "--workdir", s2_dir, "--num", str(num), "--out", out]
+    cmd = [sys.executable, *args, "--workdir", s2_dir, "--num", str(num), "--out", out]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    phases = re.search(r"^time: (.*?) \(", proc.stdout, re.MULTILINE)
+    return wall, proc.stdout
+
+
+def run_command(s2_dir: str, cache: str, out: str, num: int) -> tuple[float, str]:
+    """Wall seconds of one `python -m rq_jax.sample` in a fresh process, and its `time:` line."""
+    wall, stdout = _python(["-m", "rq_jax.sample"], s2_dir, cache, out, num)
+    phases = re.search(r"^time: (.*?) \(", stdout, re.MULTILINE)
     return wall, phases.group(1) if phases else "?"
 
 
@@ -99,12 +106,8 @@ sample.run(args)  # the same programs again: its sample and decode phases are th
 
 def steady_work(s2_dir: str, cache: str, out: str, num: int) -> float:
     """Seconds of sampling + decoding alone: the second `run` of the sample command in one process."""
-    env = dict(os.environ, RQ_JAX_COMPILATION_CACHE=cache)
-    cmd = [sys.executable, "-c", _WORK, "--workdir", s2_dir, "--num", str(num), "--out", out]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the steady-state run failed:\n{proc.stdout}\n{proc.stderr}")
-    last = re.findall(r"^time: load [\d.]+ s, sample ([\d.]+) s, decode ([\d.]+) s", proc.stdout, re.MULTILINE)[-1]
+    _, stdout = _python(["-c", _WORK], s2_dir, cache, out, num)
+    last = re.findall(r"^time: load [\d.]+ s, sample ([\d.]+) s, decode ([\d.]+) s", stdout, re.MULTILINE)[-1]
     return float(last[0]) + float(last[1])
 
 

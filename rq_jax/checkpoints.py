@@ -248,9 +248,14 @@ def restore_onto(state_dir: epath.Path, device: Any, keys: Iterable[str] | None 
     with _reading_an_item():
         if keys is None:
             return ocp.StandardCheckpointer().restore(state_dir, target)
-        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                      partial_restore=True)
-        return ocp.PyTreeCheckpointer().restore(state_dir, args=args)
+        return _partial_restore(state_dir, target)
+
+
+def _partial_restore(state_dir: epath.Path, target: Any) -> Any:
+    """orbax's partial restore of the entries in `target` (ShapeDtypeStructs with shardings), strict shapes."""
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    return ocp.PyTreeCheckpointer().restore(state_dir, args=args)
 
 
 def read_run_config(workdir: str, stage: str, label: str, fix: str = ""):
@@ -307,15 +312,18 @@ def _restore_as(state_dir: epath.Path, abstract_parts: dict[str, Any], device: A
     one = jax.sharding.SingleDeviceSharding(device)
     target: dict = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_parts)[0]:
-        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        names = [str(_key_name(k)) for k in path]  # the saved tree's keys are strings
         node = target
         for name in names[:-1]:
             node = node.setdefault(name, {})
         node[names[-1]] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=one)
     with _reading_an_item():
-        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                      partial_restore=True)
-        return ocp.PyTreeCheckpointer().restore(state_dir, args=args)
+        return _partial_restore(state_dir, target)
+
+
+def _key_name(key: Any) -> Any:
+    """The dict key, attribute name or index of one step of a pytree path."""
+    return getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
 
 
 def fill_abstract(abstract_state: Any, saved: Any, where: str) -> Any:
@@ -325,7 +333,7 @@ def fill_abstract(abstract_state: Any, saved: Any, where: str) -> Any:
     for path, leaf in paths_leaves:
         node = saved
         for key in path:
-            name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
+            name = _key_name(key)
             node = node.get(name, node.get(str(name))) if isinstance(node, dict) else None
             if node is None:
                 break

@@ -126,9 +126,7 @@ def output_transform(m_AAxNxO: jax.Array, batch: int, height: int, width: int, t
     _, _, at = MATRICES[tile]
     m = tile
     nh, nw, o = height // m, width // m, m_AAxNxO.shape[-1]
-    coefs = jnp.asarray(np.kron(at, at), m_AAxNxO.dtype)
-    y = jnp.dot(coefs, m_AAxNxO.reshape(m_AAxNxO.shape[0], -1), precision=lax.Precision.HIGHEST)
-    y_MxMxBxNHxNWxO = y.reshape(m, m, batch, nh, nw, o)
+    y_MxMxBxNHxNWxO = _sandwich(at, m_AAxNxO).reshape(m, m, batch, nh, nw, o)
     return y_MxMxBxNHxNWxO.transpose(2, 3, 0, 4, 1, 5).reshape(batch, height, width, o)
 
 
@@ -162,8 +160,7 @@ def kernel_grad3x3(x_BxHxWxC: jax.Array, g_BxHxWxO: jax.Array, tile: int = 4, pr
     nh, nw = h // m, w // m
     # The output tiles do not overlap: dY in (p, q, tile) order, times kron(A, A), like `output_transform`.
     g_MMxNO = g_BxHxWxO.reshape(b, nh, m, nw, m, o).transpose(2, 4, 0, 1, 3, 5).reshape(m * m, -1)
-    coefs = jnp.asarray(np.kron(at.T, at.T), g_BxHxWxO.dtype)
-    dm_AAxNxO = jnp.dot(coefs, g_MMxNO, precision=lax.Precision.HIGHEST).reshape(a * a, b * nh * nw, o)
+    dm_AAxNxO = _sandwich(at.T, g_MMxNO).reshape(a * a, b * nh * nw, o)
     du_AAxCxO = lax.dot_general(input_transform(x_BxHxWxC, tile), dm_AAxNxO, (((1,), (1,)), ((0,), (0,))),
                                 precision=precision, preferred_element_type=jnp.float32)
     return _sandwich(g_mat.T, du_AAxCxO).reshape(3, 3, *du_AAxCxO.shape[1:])
