@@ -1,7 +1,7 @@
 """Sampling from an RQ-Transformer: one compiled program per batch, KV caches, top-k/top-p, CFG.
 
-The whole generation is a `lax.fori_loop` over the T = H*W positions with an inner (unrolled) loop
-over the D depths: at each (t, d) the depth transformer's cached step gives logits over the K codes,
+The whole generation is a `lax.fori_loop` over the T = H*W positions with an inner loop over the D
+depths: at each (t, d) the depth transformer's cached step gives logits over the K codes,
 which are filtered (temperature, top-k, top-p — per depth, as in the paper) and sampled; after the D
 codes of a position the spatial transformer's cached step gives the context of the next position.
 With classifier-free guidance the batch runs twice (condition and null condition) and the logits are
@@ -73,38 +73,62 @@ def filter_logits(logits_BxK: jax.Array, top_k: int = 0, top_p: float = 1.0) -> 
     return logits
 
 
+def _depth_filter(per_depth: list[tuple[float, int, float]]):
+    """filter(logits_BxK, d) for a traced depth d: temperature from a per-depth array; one top-k/top-p filter
+    when every depth has the same (the usual case), else a `lax.switch` over the distinct ones (the branches
+    are only the filters, so each transformer block still compiles once)."""
+    temps_D = jnp.asarray([t for t, _, _ in per_depth], jnp.float32)
+    filters = sorted({(k, p) for _, k, p in per_depth})
+    branch_D = jnp.asarray([filters.index((k, p)) for _, k, p in per_depth], jnp.int32)
+
+    def apply(logits_BxK, d):
+        logits_BxK = logits_BxK / temps_D[d]
+        if len(filters) == 1:
+            return filter_logits(logits_BxK, *filters[0])
+        branches = [lambda x, k=k, p=p: filter_logits(x, k, p) for k, p in filters]
+        return jax.lax.switch(branch_D[d], branches, logits_BxK)
+
+    return apply
+
+
 def _sample_impl(graphdef, state, codebook_KxC, cond, rng, *, batch: int, cfg: SamplingConfig):
     model: RQTransformer = nnx.merge(graphdef, state)
     h_, w_, depth = model.code_shape
     guided = cfg.cfg_scale != 1.0
-    per_depth = cfg.per_depth(depth)
+    filter_at = _depth_filter(cfg.per_depth(depth))
     if guided:
         if not getattr(model, "cfg_null", False):
             raise ValueError("cfg_scale != 1 needs a model trained with a null condition (model.cfg_null=True).")
         null = model.null_cond(batch)
         cond = jnp.concatenate([cond, null], axis=0)
     rows = 2 * batch if guided else batch
-    cache = model.init_cache(rows)
-    h, cache = model.spatial_prefill(cache, cond)
+    # The loop feeds one token per position through the spatial transformer (the last condition token
+    # first), so its blocks appear once in the program; the depths are a loop too (the depth_step blocks
+    # appear once, not D times). Fewer copies compile faster: see benchmarks/RESULTS.md (start-up).
+    x_BxC, cache = model.cond_prefix(model.init_cache(rows), cond)
     codes0 = jnp.zeros((batch, h_ * w_, depth), jnp.int32)
 
-    def position(t, carry):
-        cache, h, codes, rng = carry
-        codes_BxD = jnp.zeros((rows, depth), jnp.int32)
-        for d, (temp, top_k, top_p) in enumerate(per_depth):
-            logits, cache = model.depth_step(cache, h, codes_BxD, d, codebook_KxC=codebook_KxC)
-            if guided:
-                lc, lu = logits[:batch], logits[batch:]
-                logits = lu + cfg.cfg_scale * (lc - lu)
-            logits = filter_logits(logits / temp, top_k, top_p)
-            rng, sub = jax.random.split(rng)
-            code = jax.random.categorical(sub, logits, axis=-1).astype(jnp.int32)
-            codes_BxD = codes_BxD.at[:, d].set(jnp.concatenate([code, code]) if guided else code)
-        codes = jax.lax.dynamic_update_slice(codes, codes_BxD[:batch, None], (0, t, 0))
-        h, cache = model.spatial_step(cache, codes_BxD, t, codebook_KxC=codebook_KxC)
-        return cache, h, codes, rng
+    def code_at(d, carry):
+        cache, h, codes_BxD, rng = carry
+        logits, cache = model.depth_step(cache, h, codes_BxD, d, codebook_KxC=codebook_KxC)
+        if guided:
+            lc, lu = logits[:batch], logits[batch:]
+            logits = lu + cfg.cfg_scale * (lc - lu)
+        logits = filter_at(logits, d)
+        rng, sub = jax.random.split(rng)
+        code = jax.random.categorical(sub, logits, axis=-1).astype(jnp.int32)
+        code = jnp.concatenate([code, code]) if guided else code
+        return cache, h, jax.lax.dynamic_update_slice(codes_BxD, code[:, None], (0, d)), rng
 
-    _, _, codes, _ = jax.lax.fori_loop(0, h_ * w_, position, (cache, h, codes0, rng))
+    def position(t, carry):
+        cache, x_BxC, codes, rng = carry
+        h, cache = model.spatial_token(cache, x_BxC, model.cond_len - 1 + t)  # context of position t
+        codes_BxD = jnp.zeros((rows, depth), jnp.int32)
+        cache, _, codes_BxD, rng = jax.lax.fori_loop(0, depth, code_at, (cache, h, codes_BxD, rng))
+        codes = jax.lax.dynamic_update_slice(codes, codes_BxD[:batch, None], (0, t, 0))
+        return cache, model.spatial_input(codes_BxD, t, codebook_KxC=codebook_KxC), codes, rng
+
+    _, _, codes, _ = jax.lax.fori_loop(0, h_ * w_, position, (cache, x_BxC, codes0, rng))
     return codes.reshape(batch, h_, w_, depth)
 
 

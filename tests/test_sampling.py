@@ -100,3 +100,68 @@ def test_bad_sampling_settings():
         SamplingConfig(top_k=(1, 2)).per_depth(4)
     with pytest.raises(ValueError, match="top_p must be in"):
         SamplingConfig(top_p=0.0).per_depth(4)
+
+
+def _unrolled_sampler(model, codebook, cond, rng, batch, cfg):
+    """The loop written out (prefill, D depth steps per position in Python, spatial steps) as a reference."""
+    h_, w_, depth = model.code_shape
+    guided = cfg.cfg_scale != 1.0
+    if guided:
+        cond = jnp.concatenate([cond, model.null_cond(batch)])
+    rows = 2 * batch if guided else batch
+    h, cache = model.spatial_prefill(model.init_cache(rows), cond)
+    out = []
+    for t in range(h_ * w_):
+        codes_BxD = jnp.zeros((rows, depth), jnp.int32)
+        for d, (temp, top_k, top_p) in enumerate(cfg.per_depth(depth)):
+            logits, cache = model.depth_step(cache, h, codes_BxD, d, codebook_KxC=codebook)
+            if guided:
+                logits = logits[batch:] + cfg.cfg_scale * (logits[:batch] - logits[batch:])
+            rng, sub = jax.random.split(rng)
+            code = jax.random.categorical(sub, filter_logits(logits / temp, top_k, top_p), axis=-1).astype(jnp.int32)
+            codes_BxD = codes_BxD.at[:, d].set(jnp.concatenate([code, code]) if guided else code)
+        out.append(codes_BxD[:batch])
+        h, cache = model.spatial_step(cache, codes_BxD, t, codebook_KxC=codebook)
+    return jnp.stack(out, 1).reshape(batch, h_, w_, depth)
+
+
+def _small_model(cond_kind, spatial_layers=2, depth=4):
+    from rq_jax.models.rq_transformer import rq_transformer_model_config
+
+    config = rq_transformer_model_config(
+        vocab_size=64, code_shape=(2, 3, depth), embed_dim=16, d_model=32, num_heads=4, spatial_layers=spatial_layers,
+        depth_layers=2, cond=cond_kind, num_classes=10, text_vocab_size=50, text_len=5, cfg_null=cond_kind != "none")
+    graph, state = nnx.split(RQTransformer(config, rngs=nnx.Rngs(0)))
+    return nnx.merge(graph, jax.tree.map(lambda x: x * 3.0, state))  # sharper distributions than the init's
+
+
+@pytest.mark.parametrize("cond_kind", ["none", "class", "text"])
+def test_the_rolled_loop_draws_the_codes_of_the_unrolled_one(cond_kind):
+    """The sampler runs the depths as a loop and feeds the last condition token through the loop's spatial
+    step; its codes equal those of the plain loop (prefill, Python-unrolled depths) for the same key."""
+    model = _small_model(cond_kind)
+    codebook = jax.random.normal(jax.random.key(1), (64, 16))
+    cond = {"none": None, "class": jnp.arange(3), "text": jax.random.randint(jax.random.key(2), (3, 5), 0, 50)}
+    configs = [SamplingConfig(top_k=(8, 8, 4, 0), top_p=(0.9, 1.0, 0.9, 0.8), temperature=(1.0, 0.5, 2.0, 1.0)),
+               SamplingConfig(top_k=16, top_p=0.9, cfg_scale=1.0 if cond_kind == "none" else 2.0)]
+    for cfg in configs:
+        want = _unrolled_sampler(model, codebook, cond[cond_kind], jax.random.key(3), 3, cfg)
+        got = sample_codes(model, codebook, cond[cond_kind], jax.random.key(3), batch=3, cfg=cfg)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_the_sampler_program_holds_each_block_once():
+    """Compile time grows with the copies of the transformer blocks in the program: the spatial blocks
+    appear once (no separate prefill copy) and the depth blocks once whatever D is."""
+
+    def dots(**kw):
+        model = _small_model("class", **kw)
+        graph, state = nnx.split(model)
+        lowered = jax.jit(lambda s: sample_codes(nnx.merge(graph, s), jnp.zeros((64, 16)), jnp.arange(2),
+                                                 jax.random.key(0), batch=2, cfg=SamplingConfig(top_k=8)))
+        return lowered.lower(state).as_text().count("stablehlo.dot_general")
+
+    base = dots()
+    assert dots(depth=8) == base  # depths are a loop
+    per_block = dots(spatial_layers=3) - base
+    assert 0 < per_block <= 10  # q, k, v, out, fc1, fc2, and the two attention products: one copy per block

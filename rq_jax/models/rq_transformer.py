@@ -42,6 +42,9 @@ Incremental decoding (pure functions of (params, cache), static shapes, traced p
             logits_BxK, cache = model.depth_step(cache, h, codes_BxD, d, codebook_KxC=cb)
             codes_BxD = codes_BxD.at[:, d].set(sample(logits_BxK))
         h, cache = model.spatial_step(cache, codes_BxD, t, codebook_KxC=cb)   # context of t + 1
+`spatial_prefill` is `cond_prefix` (all condition tokens but the last; nothing for one token) followed by
+`spatial_token` of the last one, and `spatial_step` is `spatial_token(cache, spatial_input(codes, t), L + t)`:
+the sampler calls these pieces so its loop holds one copy of the spatial blocks (see `rq_jax.sampling`).
 The cache layout: `RQCache(spatial=KVCache, depth=KVCache)`, each KVCache(k, v) of arrays [L, B, S, H, E]
 (layers stacked): spatial S = cond_len + T (one spare slot, so `spatial_step` may also be called after the
 last position), depth S = D (overwritten at every position; later slots are masked, no reset needed).
@@ -351,9 +354,39 @@ class RQTransformer(nnx.Module):
         self, cache: RQCache, cond: jax.Array | None, *, drop_cond: jax.Array | None = None
     ) -> tuple[jax.Array, RQCache]:
         """Runs the cond_len condition tokens; returns the context h_0 [B, C] of position 0 and the cache."""
+        x_BxC, cache = self.cond_prefix(cache, cond, drop_cond=drop_cond)
+        return self.spatial_token(cache, x_BxC, self.cond_len - 1)
+
+    def cond_prefix(
+        self, cache: RQCache, cond: jax.Array | None, *, drop_cond: jax.Array | None = None
+    ) -> tuple[jax.Array, RQCache]:
+        """Runs all condition tokens but the last; returns the last one's input [B, C] and the cache.
+
+        `spatial_token(cache, x, cond_len - 1)` then gives h_0. With one condition token (cond "none" or
+        "class") nothing runs, so a sampler's loop can feed every token, the last condition token included,
+        through one compiled `spatial_token` (one copy of the spatial blocks in the program, not two).
+        """
         batch = cache.spatial.k_LxBxSxHxE.shape[1]
-        out, spatial = self.body_transformer.cached(self.embed_cond(cond, batch, drop_cond), cache.spatial, 0)
-        return out[:, -1], RQCache(spatial, cache.depth)
+        x_BxLxC = self.embed_cond(cond, batch, drop_cond)
+        spatial = cache.spatial
+        if self.cond_len > 1:
+            _, spatial = self.body_transformer.cached(x_BxLxC[:, :-1], spatial, 0)
+        return x_BxLxC[:, -1], RQCache(spatial, cache.depth)
+
+    def spatial_input(self, codes_BxD: jax.Array, t: jax.Array | int, *, codebook_KxC: jax.Array) -> jax.Array:
+        """The spatial transformer's input [B, C] for the codes of position t: sum_d input_mlp(e) + pos_emb_hw[t].
+
+        `t` may be traced (0 <= t < T; clamped, so t = T - 1's unused successor is harmless)."""
+        t = jnp.asarray(t, jnp.int32)
+        x_BxC = self.embed_codes_spatial(codes_BxD[:, None], codebook_KxC)[:, 0]
+        return x_BxC + jax.lax.dynamic_index_in_dim(self.pos_emb_hw[...], jnp.minimum(t, self.num_positions - 1), 0,
+                                                    False)
+
+    def spatial_token(self, cache: RQCache, x_BxC: jax.Array, slot: jax.Array | int) -> tuple[jax.Array, RQCache]:
+        """One token [B, C] at sequence index `slot` through the spatial transformer; returns its output [B, C]
+        (the context of the position it predicts) and the cache."""
+        out, spatial = self.body_transformer.cached(x_BxC[:, None], cache.spatial, slot)
+        return out[:, 0], RQCache(spatial, cache.depth)
 
     def spatial_step(
         self, cache: RQCache, codes_BxD: jax.Array, t: jax.Array | int, *, codebook_KxC: jax.Array
@@ -362,11 +395,8 @@ class RQTransformer(nnx.Module):
 
         `t` may be traced (0 <= t < T); with t = T - 1 the result is unused but harmless (spare slot).
         """
-        t = jnp.asarray(t, jnp.int32)
-        x_BxC = self.embed_codes_spatial(codes_BxD[:, None], codebook_KxC)[:, 0]
-        pos_C = jax.lax.dynamic_index_in_dim(self.pos_emb_hw[...], jnp.minimum(t, self.num_positions - 1), 0, False)
-        out, spatial = self.body_transformer.cached((x_BxC + pos_C)[:, None], cache.spatial, self.cond_len + t)
-        return out[:, 0], RQCache(spatial, cache.depth)
+        x_BxC = self.spatial_input(codes_BxD, t, codebook_KxC=codebook_KxC)
+        return self.spatial_token(cache, x_BxC, self.cond_len + jnp.asarray(t, jnp.int32))
 
     def depth_step(
         self, cache: RQCache, h_BxC: jax.Array, codes_BxD: jax.Array, d: jax.Array | int, *,
