@@ -20,25 +20,41 @@ from rq_jax.models.rq_transformer import RQTransformer
 from rq_jax.models.rqvae import RQVAE, CodebookVar
 
 
-def load_rqvae(workdir: str, step: int | None = None) -> tuple[RQVAE, ml_collections.ConfigDict, int]:
+def abstract_rqvae(config: ml_collections.ConfigDict) -> RQVAE:
+    """The stage-1 model of a run config, abstract (shapes and dtypes only, no random initialisation)."""
+    return abstract_module(lambda rngs: RQVAE(config.model, rngs=rngs))
+
+
+def abstract_rq_transformer(config: ml_collections.ConfigDict) -> RQTransformer:
+    """The stage-2 model of a run config, abstract (shapes and dtypes only)."""
+    return abstract_module(lambda rngs: RQTransformer(config.model, rngs=rngs))
+
+
+def load_rqvae(workdir: str, step: int | None = None, *, abstract: RQVAE | None = None,
+               ) -> tuple[RQVAE, ml_collections.ConfigDict, int]:
     """The RQ-VAE (with its codebook) of a stage-1 run directory, at `step` (default: the latest).
 
     Reads `<workdir>/config.json` and restores only the generator and codebook from the checkpoint,
-    without random initialisation (the model is built abstractly and filled from the checkpoint).
+    without random initialisation (the model is built abstractly, or given as `abstract`, and filled from
+    the checkpoint).
     """
     config = checkpoints.read_run_config(workdir, "rqvae", "stage-1")
-    abstract = abstract_module(lambda rngs: RQVAE(config.model, rngs=rngs))
-    graph, params, codebook = nnx.split(abstract, nnx.Param, CodebookVar)
+    graph, params, codebook = nnx.split(abstract or abstract_rqvae(config), nnx.Param, CodebookVar)
     parts, step = checkpoints.restore_parts(workdir, {"gen": params, "codebook": codebook}, step)
     return nnx.merge(graph, parts["gen"], parts["codebook"]), config, step
 
 
-def load_rq_transformer(workdir: str, step: int | None = None) -> tuple[RQTransformer, ml_collections.ConfigDict, int]:
-    """The RQ-Transformer of a stage-2 run directory (abstract build, filled from the checkpoint)."""
-    config = checkpoints.read_run_config(
+def _stage2_config(workdir: str) -> ml_collections.ConfigDict:
+    return checkpoints.read_run_config(
         workdir, "rq_transformer", "stage-2", " (sampling needs the stage-2 workdir; the stage-1 one is found from it)"
     )
-    graph, params = nnx.split(abstract_module(lambda rngs: RQTransformer(config.model, rngs=rngs)))
+
+
+def load_rq_transformer(workdir: str, step: int | None = None, *, abstract: RQTransformer | None = None,
+                        ) -> tuple[RQTransformer, ml_collections.ConfigDict, int]:
+    """The RQ-Transformer of a stage-2 run directory (abstract build, or `abstract`, filled from the checkpoint)."""
+    config = _stage2_config(workdir)
+    graph, params = nnx.split(abstract or abstract_rq_transformer(config))
     parts, step = checkpoints.restore_parts(workdir, {"params": params}, step)
     return nnx.merge(graph, parts["params"]), config, step
 
@@ -54,6 +70,21 @@ class Stage2Run(NamedTuple):
     meta: dict  # the feature directory's meta.json ({} when unavailable, e.g. converted checkpoints)
 
 
+class Stage2Plan(NamedTuple):
+    """What a stage-2 run will load, known before any weight is read: its configs and abstract models.
+
+    A command can compile its programs from these (shapes only) while `load_stage2(..., plan=plan)` reads
+    the checkpoints (`python -m rq_jax.sample` does)."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    model: Any  # abstract RQTransformer
+    rqvae_workdir: str
+    rqvae_config: ml_collections.ConfigDict
+    decoder: Any  # abstract RQVAE
+    meta: dict
+
+
 def check_stages_match(rqvae_config: ml_collections.ConfigDict, code_shape: tuple[int, ...], vocab_size: int,
                        rqvae_workdir: str) -> None:
     """Raises ValueError unless the stage-1 run's code shape and codebook size are the transformer's."""
@@ -65,8 +96,8 @@ def check_stages_match(rqvae_config: ml_collections.ConfigDict, code_shape: tupl
         )
 
 
-def load_stage2(workdir: str, step: int | None = None, rqvae: str | None = None) -> Stage2Run:
-    """The RQ-Transformer of a stage-2 run and the RQ-VAE of its stage-1 run (checked to match).
+def plan_stage2(workdir: str, rqvae: str | None = None) -> Stage2Plan:
+    """The configs and abstract models of a stage-2 run and its stage-1 run, checked to match; reads no weights.
 
     The stage-1 run is `rqvae` if given, else the stage-2 config's `rqvae_workdir`, else the one named by
     the features' meta.json.
@@ -75,7 +106,7 @@ def load_stage2(workdir: str, step: int | None = None, rqvae: str | None = None)
 
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"The workdir {workdir!r} does not exist; give the --workdir of a stage-2 run.")
-    model, config, step = load_rq_transformer(workdir, step)
+    config = _stage2_config(workdir)
     meta: dict = {}
     features_dir = config.get("data", {}).get("features_dir", "")
     if features_dir and os.path.exists(os.path.join(features_dir, "meta.json")):
@@ -83,6 +114,19 @@ def load_stage2(workdir: str, step: int | None = None, rqvae: str | None = None)
     rqvae_dir = rqvae or config.get("rqvae_workdir") or meta.get("rqvae_workdir")
     if not rqvae_dir:
         raise FileNotFoundError(f"The stage-2 run {workdir} names no stage-1 run; pass it with --rqvae.")
-    decoder, rq_config, _ = load_rqvae(rqvae_dir)
+    rq_config = checkpoints.read_run_config(rqvae_dir, "rqvae", "stage-1")
+    model = abstract_rq_transformer(config)
     check_stages_match(rq_config, model.code_shape, model.vocab_size, rqvae_dir)
-    return Stage2Run(model, config, int(step), decoder, rqvae_dir, meta)
+    return Stage2Plan(workdir, config, model, rqvae_dir, rq_config, abstract_rqvae(rq_config), meta)
+
+
+def load_stage2(workdir: str, step: int | None = None, rqvae: str | None = None, *,
+                plan: Stage2Plan | None = None) -> Stage2Run:
+    """The RQ-Transformer of a stage-2 run and the RQ-VAE of its stage-1 run (checked to match).
+
+    The stage-1 run is found as `plan_stage2` says; pass its `plan` to skip building it again.
+    """
+    plan = plan or plan_stage2(workdir, rqvae)
+    model, config, step = load_rq_transformer(plan.workdir, step, abstract=plan.model)
+    decoder, _, _ = load_rqvae(plan.rqvae_workdir, abstract=plan.decoder)
+    return Stage2Run(model, config, int(step), decoder, plan.rqvae_workdir, plan.meta)

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from rq_jax import cli
 
@@ -25,9 +26,9 @@ import numpy as np
 from rq_jax import metrics
 from rq_jax.cli import UsageError
 from rq_jax.data.transforms import to_uint8
-from rq_jax.eval.io import jit_module_fn
+from rq_jax.eval.io import compile_module_fn
 from rq_jax.models.weight_dtype import WEIGHT_DTYPES, with_weight_dtype
-from rq_jax.sampling import SamplingConfig, parse_per_depth, sample_codes
+from rq_jax.sampling import SamplingConfig, compile_sampler, parse_per_depth
 
 
 def data_num_classes(config, default: int) -> int:
@@ -106,24 +107,48 @@ def sampling_config(args: argparse.Namespace, config) -> SamplingConfig:
     )
 
 
+def _decode(model, codes):
+    return model.decode(codes)
+
+
+def compile_programs(plan, cond, batch: int, cfg: SamplingConfig, weight_dtype: str) -> tuple[Future, Future]:
+    """Futures of the sampler and the decoder, compiled one after the other in a thread from the plan's
+    abstract models, so compiling overlaps the work of the main thread.
+
+    XLA compiles with the GIL released. The sampler compiles while the main thread reads the checkpoints,
+    the decoder mostly while the sampler runs (which waits on memory more than on the cores); on 2 cores
+    this order started ~1-2 s sooner than compiling both at once during the load (benchmarks/RESULTS.md).
+    With a warm compilation cache the thread traces and reads the programs instead. Each future's result
+    is called with the loaded model; errors in tracing (a bad sampling setting) surface from `.result()`.
+    """
+    model = with_weight_dtype(plan.model, weight_dtype)
+    codebook = plan.decoder.codebook_state.embedding_KxC
+    codes = jax.ShapeDtypeStruct((batch, *model.code_shape), jnp.int32)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="compile")
+    futures = (pool.submit(compile_sampler, model, codebook, cond, batch=batch, cfg=cfg),
+               pool.submit(compile_module_fn, plan.decoder, _decode, codes))  # weights as arguments, not constants
+    pool.shutdown(wait=False)  # the thread ends with the second compile
+    return futures
+
+
 def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
-    from rq_jax.runs import load_stage2
+    from rq_jax.runs import load_stage2, plan_stage2
 
     if args.num < 1:
         raise UsageError(f"--num must be at least 1 (samples per row), got {args.num}.")
     start = time.perf_counter()
-    run_ = load_stage2(args.workdir, args.step, args.rqvae)  # checks the stage-1 run matches the transformer
-    model, config, step, decoder = run_.model, run_.config, run_.step, run_.decoder
-    cfg = sampling_config(args, config)
-    cond, rows = conditions(args, model, config)
+    plan = plan_stage2(args.workdir, args.rqvae)  # configs and abstract models; checks the two stages match
+    cfg = sampling_config(args, plan.config)
+    cond, rows = conditions(args, plan.model, plan.config)
     n = args.num
+    sampler, decoder_fn = compile_programs(plan, cond, rows * n, cfg, args.weight_dtype)
+    run_ = load_stage2(args.workdir, args.step, plan=plan)
+    model, step, decoder = with_weight_dtype(run_.model, args.weight_dtype), run_.step, run_.decoder
     codebook = decoder.codebook_state.embedding_KxC
-    model = with_weight_dtype(model, args.weight_dtype)
     loaded = time.perf_counter()
-    codes = jax.block_until_ready(sample_codes(model, codebook, cond, jax.random.key(args.seed), batch=rows * n,
-                                               cfg=cfg))
+    codes = jax.block_until_ready(sampler.result()(model, codebook, cond, jax.random.key(args.seed)))
     sampled = time.perf_counter()
-    images = np.asarray(jit_module_fn(decoder, lambda m, c: m.decode(c))(codes))  # weights as arguments, not constants
+    images = np.asarray(decoder_fn.result()(decoder, codes))
     decoded = time.perf_counter()
     grid = metrics.image_grid(list(images.reshape(rows, n, *images.shape[1:])))
     metrics.save_png(args.out, grid, upscale=max(1, 64 // images.shape[1]))
@@ -131,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
                cond=np.asarray(cond) if cond is not None else np.zeros((0,), np.int32))
     np.savez(os.path.splitext(args.out)[0] + ".npz", **out)
     print(f"time: load {loaded - start:.1f} s, sample {sampled - loaded:.1f} s, decode {decoded - sampled:.1f} s "
-          "(sample and decode include compiling, unless the compilation cache has them)")
+          "(the programs compile while the weights load; sample and decode include what is left of that)")
     print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.npz ({rows * n} samples, stage-2 step {step})")
     return out
 

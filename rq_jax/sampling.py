@@ -11,7 +11,7 @@ combined as l_null + s * (l_cond - l_null).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +135,16 @@ def _sample_impl(graphdef, state, codebook_KxC, cond, rng, *, batch: int, cfg: S
 _sample_jit = jax.jit(_sample_impl, static_argnums=(0,), static_argnames=("batch", "cfg"))
 
 
+def _check_cond(cond: jax.Array | jax.ShapeDtypeStruct | None, batch: int):
+    if cond is None:
+        return None
+    if cond.shape[0] != batch:
+        raise ValueError(f"cond has {cond.shape[0]} rows for a batch of {batch}.")
+    if isinstance(cond, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(cond.shape, jnp.int32)
+    return jnp.asarray(cond, jnp.int32)
+
+
 def sample_codes(
     model: RQTransformer,
     codebook_KxC: jax.Array,
@@ -146,11 +156,38 @@ def sample_codes(
 ) -> jax.Array:
     """Codes [batch, H, W, D] sampled from the model; `cond` is None, class ids [B] or tokens [B, L]."""
     graphdef, state = nnx.split(model)
-    if cond is not None:
-        cond = jnp.asarray(cond, jnp.int32)
-        if cond.shape[0] != batch:
-            raise ValueError(f"cond has {cond.shape[0]} rows for a batch of {batch}.")
+    cond = _check_cond(cond, batch)
     return _sample_jit(graphdef, state, jnp.asarray(codebook_KxC), cond, rng, batch=batch, cfg=cfg)
+
+
+def compile_sampler(
+    model: RQTransformer,
+    codebook_KxC: jax.Array | jax.ShapeDtypeStruct,
+    cond: jax.Array | jax.ShapeDtypeStruct | None,
+    *,
+    batch: int,
+    cfg: SamplingConfig = SamplingConfig(),
+) -> Callable[[RQTransformer, jax.Array, jax.Array | None, jax.Array], jax.Array]:
+    """`sample_codes` compiled ahead of time: `fn(model, codebook_KxC, cond, rng)` gives the same codes.
+
+    `model` may be abstract (`nnx.eval_shape`, or `rq_jax.runs.plan_stage2`) and `codebook_KxC` / `cond`
+    `jax.ShapeDtypeStruct`s, so the program compiles while the weights are still being read (the sample
+    command does this in a thread). `fn` raises TypeError for arguments of other shapes or dtypes and
+    ValueError for a model of another structure.
+    """
+    graphdef, state = nnx.split(model)
+    avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, codebook_KxC))
+    rng_aval = jax.eval_shape(lambda: jax.random.key(0))
+    compiled = _sample_jit.trace(graphdef, *avals, _check_cond(cond, batch), rng_aval, batch=batch,
+                                 cfg=cfg).lower().compile()
+
+    def run(model: RQTransformer, codebook_KxC: jax.Array, cond: jax.Array | None, rng: jax.Array) -> jax.Array:
+        graph, state = nnx.split(model)
+        if graph != graphdef:
+            raise ValueError("This model's structure differs from the one the sampler was compiled for.")
+        return compiled(state, jnp.asarray(codebook_KxC), _check_cond(cond, batch), rng)
+
+    return run
 
 
 def parse_per_depth(value: str, cast) -> float | tuple:
@@ -159,4 +196,4 @@ def parse_per_depth(value: str, cast) -> float | tuple:
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-__all__: Sequence[str] = ("SamplingConfig", "filter_logits", "parse_per_depth", "sample_codes")
+__all__: Sequence[str] = ("SamplingConfig", "compile_sampler", "filter_logits", "parse_per_depth", "sample_codes")

@@ -27,7 +27,8 @@ def with_weight_dtype(model: M, dtype: str | jnp.dtype) -> M:
     """A copy of `model` whose nnx.Linear kernels are `dtype` and multiply in `dtype` with float32 results.
 
     "float32" returns the model unchanged. The original is not modified (its arrays are shared where
-    unchanged). Meant for inference (sampling, evaluation); training keeps float32 master weights.
+    unchanged). An abstract model (`nnx.eval_shape`) gives the abstract copy, with the same graph.
+    Meant for inference (sampling, evaluation); training keeps float32 master weights.
     """
     name = jnp.dtype(dtype).name
     if name not in WEIGHT_DTYPES:
@@ -38,7 +39,12 @@ def with_weight_dtype(model: M, dtype: str | jnp.dtype) -> M:
     copy = nnx.merge(graph, jax.tree.map(lambda a: a, state))  # new Variables around the same arrays
     for _, module in nnx.iter_modules(copy):
         if isinstance(module, nnx.Linear):
-            module.kernel.set_value(module.kernel.get_value().astype(name))
+            kernel = module.kernel.get_value()
+            if isinstance(kernel, jax.ShapeDtypeStruct):  # an abstract model: compile before the weights exist
+                kernel = jax.ShapeDtypeStruct(kernel.shape, jnp.dtype(name), sharding=kernel.sharding)
+            else:
+                kernel = kernel.astype(name)
+            module.kernel.set_value(kernel)
             module.dtype = jnp.dtype(name)
             module.preferred_element_type = jnp.float32
     return copy
