@@ -142,7 +142,11 @@ def run(args: argparse.Namespace) -> dict[str, np.ndarray]:
     cond, rows = conditions(args, plan.model, plan.config)
     n = args.num
     sampler, decoder_fn = compile_programs(plan, cond, rows * n, cfg, args.weight_dtype)
-    run_ = load_stage2(args.workdir, args.step, plan=plan)
+    try:
+        run_ = load_stage2(args.workdir, args.step, plan=plan)
+    except BaseException:
+        decoder_fn.cancel()  # a failed load (a missing step, a corrupt file) need not wait for both compiles
+        raise
     model, step, decoder = with_weight_dtype(run_.model, args.weight_dtype), run_.step, run_.decoder
     codebook = decoder.codebook_state.embedding_KxC
     loaded = time.perf_counter()

@@ -108,3 +108,38 @@ def test_a_checkpoint_of_another_model_than_its_config_is_refused_with_a_clear_s
     with pytest.raises(runs.checkpoints.CheckpointError, match=r"does not match the model described by its "
                        r"config.json \(at .*codebook.*\); it was written by another model configuration"):
         runs.load_rqvae(str(run))
+
+
+def test_the_plan_reads_no_weights_and_its_programs_run_on_the_loaded_models(tiny_runs, monkeypatch):
+    """`plan_stage2` gives the configs and abstract models (so a command compiles before loading); programs
+    compiled from them take the loaded models and give what the plain jitted calls give."""
+    import jax.numpy as jnp
+
+    from rq_jax.eval.io import compile_module_fn, jit_module_fn
+    from rq_jax.sampling import SamplingConfig, compile_sampler, sample_codes
+
+    root, _, _ = tiny_runs
+    with monkeypatch.context() as m:
+        m.setattr(runs.checkpoints, "restore_parts", lambda *a, **k: pytest.fail("the plan read a checkpoint"))
+        plan = runs.plan_stage2(str(root / "transformer"))
+        with pytest.raises(ValueError, match="but the transformer expects"):  # refused before any weight is read
+            runs.plan_stage2(str(root / "transformer"), rqvae=str(root / "other_rqvae"))
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(plan.model)))
+    cfg, cond = SamplingConfig(top_k=4), jnp.arange(2)
+    sampler = compile_sampler(plan.model, plan.decoder.codebook_state.embedding_KxC, cond, batch=2, cfg=cfg)
+    codes_aval = jax.ShapeDtypeStruct((2, *plan.model.code_shape), jnp.int32)
+    decode = compile_module_fn(plan.decoder, lambda vae, c: vae.decode(c), codes_aval)
+
+    run = runs.load_stage2(str(root / "transformer"), plan=plan)
+    codebook = run.decoder.codebook_state.embedding_KxC
+    codes = sampler(run.model, codebook, cond, jax.random.key(4))
+    want = sample_codes(run.model, codebook, cond, jax.random.key(4), batch=2, cfg=cfg)
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(decode(run.decoder, codes)),
+                                  np.asarray(jit_module_fn(run.decoder, lambda vae, c: vae.decode(c))(codes)))
+    with pytest.raises(TypeError, match="Argument types differ"):
+        sampler(run.model, codebook[:-1], cond, jax.random.key(4))  # another codebook size
+    with pytest.raises(ValueError, match="rows for a batch of 2"):
+        sampler(run.model, codebook, jnp.arange(3), jax.random.key(4))
+    with pytest.raises(ValueError, match="structure differs"):
+        decode(run.model, codes)
