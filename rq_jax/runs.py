@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
+import jax
 import ml_collections
 from flax import nnx
 
@@ -42,6 +43,16 @@ def load_rqvae(workdir: str, step: int | None = None, *, abstract: RQVAE | None 
     graph, params, codebook = nnx.split(abstract or abstract_rqvae(config), nnx.Param, CodebookVar)
     parts, step = checkpoints.restore_parts(workdir, {"gen": params, "codebook": codebook}, step)
     return nnx.merge(graph, parts["gen"], parts["codebook"]), config, step
+
+
+def load_rqvae_codebook(workdir: str, step: int | None = None, *, abstract: RQVAE | None = None,
+                        ) -> tuple[jax.Array, int]:
+    """(The codebook [K, C] of a stage-1 run, its step): what a sampler needs of stage 1, read alone (K x C
+    floats), so sampling can start before the rest of the RQ-VAE is read."""
+    config = checkpoints.read_run_config(workdir, "rqvae", "stage-1")
+    graph, params, codebook = nnx.split(abstract or abstract_rqvae(config), nnx.Param, CodebookVar)
+    parts, step = checkpoints.restore_parts(workdir, {"codebook": codebook}, step)
+    return nnx.merge(graph, params, parts["codebook"]).codebook_state.embedding_KxC, step
 
 
 def _stage2_config(workdir: str) -> ml_collections.ConfigDict:
