@@ -3,6 +3,8 @@
     python -m benchmarks.device_check --out benchmarks/device_check.md        # one GPU or TPU, <= ~8 min
     python -m benchmarks.device_check --smoke --out /tmp/device_check.md      # tiny sizes on the CPU (tests)
 
+On a lent machine without network, carry the wheels of `bash benchmarks/device_wheels.sh` (that script says how).
+
 Sections (each timed; one that fails is reported as a row with its error and the others still run):
   1. memory bandwidth: a fused read+write over a large array, achieved GB/s against the device's peak;
   2. nearest-code search: the Pallas kernel against the XLA reference (indices equal, time, effective

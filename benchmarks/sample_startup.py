@@ -9,8 +9,9 @@ first with an empty compilation cache, then again with the cache it filled, and 
 each run beside the phases the command reports (`time:` line). Then it measures the work itself (the
 command's sampler and decoder called again in one process, on loaded models, nothing else running) and
 reports the start-up of each run: its wall time minus that work, i.e. Python, imports, loading, tracing
-and compiling (or reading the compiled programs from the cache), and the first calls' extra time. Nothing is downloaded. The runs are kept,
-so a second invocation with the same --dir skips writing them (--rewrite to force).
+and compiling (or reading the compiled programs from the cache), and the first calls' extra time.
+Nothing is downloaded. The runs are kept, so a second invocation with the same --dir skips writing them
+(--rewrite to force).
 """
 
 from __future__ import annotations
