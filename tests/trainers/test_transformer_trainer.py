@@ -38,6 +38,11 @@ def test_extract_train_and_sample(tiny_stage2_runs):
     assert out.exists()
     main(["--workdir", str(tmp / "transformer"), "--classes", "all", "--num", "1", "--out", str(tmp / "all.png")])
     np.testing.assert_array_equal(np.load(tmp / "all.npz")["cond"], np.arange(meta["num_classes"]))  # the data's
+    # bfloat16 weights: the sampler compiles from the abstract bf16 model while the float32 weights load
+    main(["--workdir", str(tmp / "transformer"), "--classes", "1,2", "--num", "2", "--seed", "3",
+          "--weight_dtype", "bfloat16", "--out", str(tmp / "bf16.png")])
+    bf16 = np.load(tmp / "bf16.npz")
+    assert bf16["codes"].shape == a["codes"].shape and bf16["images"].shape == a["images"].shape
 
 
 @pytest.mark.slow
