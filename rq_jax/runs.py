@@ -31,6 +31,12 @@ def abstract_rq_transformer(config: ml_collections.ConfigDict) -> RQTransformer:
     return abstract_module(lambda rngs: RQTransformer(config.model, rngs=rngs))
 
 
+def _rqvae_parts(workdir: str, abstract: RQVAE | None):
+    """(config, graph, abstract generator params, abstract codebook) of a stage-1 run."""
+    config = checkpoints.read_run_config(workdir, "rqvae", "stage-1")
+    return config, *nnx.split(abstract or abstract_rqvae(config), nnx.Param, CodebookVar)
+
+
 def load_rqvae(workdir: str, step: int | None = None, *, abstract: RQVAE | None = None,
                ) -> tuple[RQVAE, ml_collections.ConfigDict, int]:
     """The RQ-VAE (with its codebook) of a stage-1 run directory, at `step` (default: the latest).
@@ -39,8 +45,7 @@ def load_rqvae(workdir: str, step: int | None = None, *, abstract: RQVAE | None 
     without random initialisation (the model is built abstractly, or given as `abstract`, and filled from
     the checkpoint).
     """
-    config = checkpoints.read_run_config(workdir, "rqvae", "stage-1")
-    graph, params, codebook = nnx.split(abstract or abstract_rqvae(config), nnx.Param, CodebookVar)
+    config, graph, params, codebook = _rqvae_parts(workdir, abstract)
     parts, step = checkpoints.restore_parts(workdir, {"gen": params, "codebook": codebook}, step)
     return nnx.merge(graph, parts["gen"], parts["codebook"]), config, step
 
@@ -49,8 +54,7 @@ def load_rqvae_codebook(workdir: str, step: int | None = None, *, abstract: RQVA
                         ) -> tuple[jax.Array, int]:
     """(The codebook [K, C] of a stage-1 run, its step): what a sampler needs of stage 1, read alone (K x C
     floats), so sampling can start before the rest of the RQ-VAE is read."""
-    config = checkpoints.read_run_config(workdir, "rqvae", "stage-1")
-    graph, params, codebook = nnx.split(abstract or abstract_rqvae(config), nnx.Param, CodebookVar)
+    _, graph, params, codebook = _rqvae_parts(workdir, abstract)
     parts, step = checkpoints.restore_parts(workdir, {"codebook": codebook}, step)
     return nnx.merge(graph, params, parts["codebook"]).codebook_state.embedding_KxC, step
 

@@ -26,7 +26,7 @@ import numpy as np
 from rq_jax import metrics
 from rq_jax.cli import UsageError
 from rq_jax.data.transforms import to_uint8
-from rq_jax.eval.io import compile_module_fn
+from rq_jax.models.abstract import compile_module_fn
 from rq_jax.models.weight_dtype import WEIGHT_DTYPES, with_weight_dtype
 from rq_jax.sampling import SamplingConfig, compile_sampler, parse_per_depth
 

@@ -11,12 +11,14 @@ combined as l_null + s * (l_cond - l_null).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rq_jax.models.abstract import compile_module_fn
 from rq_jax.models.rq_transformer import RQTransformer
 
 
@@ -135,6 +137,10 @@ def _sample_impl(graphdef, state, codebook_KxC, cond, rng, *, batch: int, cfg: S
 _sample_jit = jax.jit(_sample_impl, static_argnums=(0,), static_argnames=("batch", "cfg"))
 
 
+def _sample_model(model: RQTransformer, codebook_KxC, cond, rng, *, batch: int, cfg: SamplingConfig):
+    return _sample_impl(*nnx.split(model), codebook_KxC, cond, rng, batch=batch, cfg=cfg)
+
+
 def _check_cond(cond: jax.Array | jax.ShapeDtypeStruct | None, batch: int):
     if cond is None:
         return None
@@ -175,17 +181,11 @@ def compile_sampler(
     command does this in a thread). `fn` raises TypeError for arguments of other shapes or dtypes and
     ValueError for a model of another structure.
     """
-    graphdef, state = nnx.split(model)
-    avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, codebook_KxC))
-    rng_aval = jax.eval_shape(lambda: jax.random.key(0))
-    compiled = _sample_jit.trace(graphdef, *avals, _check_cond(cond, batch), rng_aval, batch=batch,
-                                 cfg=cfg).lower().compile()
+    call = compile_module_fn(model, functools.partial(_sample_model, batch=batch, cfg=cfg), codebook_KxC,
+                             _check_cond(cond, batch), jax.eval_shape(lambda: jax.random.key(0)))
 
     def run(model: RQTransformer, codebook_KxC: jax.Array, cond: jax.Array | None, rng: jax.Array) -> jax.Array:
-        graph, state = nnx.split(model)
-        if graph != graphdef:
-            raise ValueError("This model's structure differs from the one the sampler was compiled for.")
-        return compiled(state, jnp.asarray(codebook_KxC), _check_cond(cond, batch), rng)
+        return call(model, jnp.asarray(codebook_KxC), _check_cond(cond, batch), rng)
 
     return run
 

@@ -115,7 +115,8 @@ def test_the_plan_reads_no_weights_and_its_programs_run_on_the_loaded_models(tin
     compiled from them take the loaded models and give what the plain jitted calls give."""
     import jax.numpy as jnp
 
-    from rq_jax.eval.io import compile_module_fn, jit_module_fn
+    from rq_jax.eval.io import jit_module_fn
+    from rq_jax.models.abstract import compile_module_fn
     from rq_jax.sampling import SamplingConfig, compile_sampler, sample_codes
 
     root, _, _ = tiny_runs

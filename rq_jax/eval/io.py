@@ -81,23 +81,3 @@ def jit_module_fn(module: nnx.Module, fn: Callable) -> Callable:
     jitted = jax.jit(lambda s, *args: fn(nnx.merge(graph, s), *args))
     return lambda *args: jitted(state, *args)
 
-
-def compile_module_fn(module: nnx.Module, fn: Callable, *args: Any) -> Callable:
-    """`fn(module, *args)` jitted as `jit_module_fn` does and compiled ahead of time for these shapes.
-
-    `module` may be abstract (`nnx.eval_shape`) and `args` `jax.ShapeDtypeStruct`s, so the program compiles
-    before the weights are read. Returns `call(module, *args)`, which raises TypeError for arguments of
-    other shapes and ValueError for a module of another structure.
-    """
-    graph, state = nnx.split(module)
-    jitted = jax.jit(lambda s, *a: fn(nnx.merge(graph, s), *a))
-    state_aval, args_aval = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, args))
-    compiled = jitted.trace(state_aval, *args_aval).lower().compile()
-
-    def call(module: nnx.Module, *args: Any) -> Any:
-        module_graph, module_state = nnx.split(module)
-        if module_graph != graph:
-            raise ValueError("This module's structure differs from the one the program was compiled for.")
-        return compiled(module_state, *args)
-
-    return call

@@ -7,12 +7,15 @@ whole trace so far (`DynamicJaxprTracer._origin_msg`), so the build is quadratic
 parameters: 2.4-2.6 s for the FFHQ RQ-VAE or its 355M transformer on the development CPU, half of
 loading a run for `python -m rq_jax.sample`. With the RNG streams held as JAX refs the write skips that
 check: 0.5-0.6 s, and the same graph and abstract state.
+
+`compile_module_fn` compiles a function of a module from its abstract version, so a command's programs
+compile while its checkpoints are still being read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
 from flax import nnx
@@ -34,3 +37,25 @@ def abstract_module(build: Callable[[nnx.Rngs], M], seed: int = 0) -> M:
         return build(ref_rngs(seed))  # only the RNG streams are refs; the model's Variables are as usual
 
     return nnx.eval_shape(make)
+
+
+def compile_module_fn(module: nnx.Module, fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """`fn(module, *args)` jitted with the module's state as an argument (as `rq_jax.eval.io.jit_module_fn`
+    does) and compiled ahead of time for these shapes.
+
+    `module` may be abstract (`nnx.eval_shape`) and `args` `jax.ShapeDtypeStruct`s, so the program compiles
+    before the weights are read. Returns `call(module, *args)`, which raises TypeError for arguments of
+    other shapes and ValueError for a module of another structure.
+    """
+    graph, state = nnx.split(module)
+    jitted = jax.jit(lambda s, *a: fn(nnx.merge(graph, s), *a))
+    state_aval, args_aval = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, args))
+    compiled = jitted.trace(state_aval, *args_aval).lower().compile()
+
+    def call(module: nnx.Module, *args: Any) -> Any:
+        module_graph, module_state = nnx.split(module)
+        if module_graph != graph:
+            raise ValueError("This module's structure differs from the one the program was compiled for.")
+        return compiled(module_state, *args)
+
+    return call
