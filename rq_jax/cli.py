@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 DEBUG_ENV = "RQ_JAX_DEBUG"
 CACHE_ENV = "RQ_JAX_COMPILATION_CACHE"
@@ -102,6 +103,26 @@ def guard(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = 
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(exit_code(e))
+
+
+def add_distributed_flags(parser: Any) -> None:
+    """`--coordinator/--num_processes/--process_id` on an argparse parser (the same flags as `train`'s)."""
+    parser.add_argument("--coordinator", default=None, help="host:port of process 0 for a multi-process run")
+    parser.add_argument("--num_processes", type=int, default=None, help="number of processes (with --coordinator)")
+    parser.add_argument("--process_id", type=int, default=None, help="this process's id (with --coordinator)")
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """`jax.distributed.initialize()` for every command that runs on a cluster: with an explicit coordinator,
+    or detected on a TPU pod / a SLURM job of several tasks / a multi-slice job; a no-op on one host."""
+    import jax
+
+    if coordinator:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif any(v in os.environ for v in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")):
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
+            jax.distributed.initialize()
 
 
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:

@@ -1,24 +1,25 @@
 """`python -m rq_jax.extract --rqvae WORKDIR --out DIR`: the stage-2 dataset of frozen RQ-VAE features.
 
-The RQ-Transformer is trained on codes drawn stochastically from Q_tau at every step (paper
-Sec. 3.2.3), so what is stored is the continuous encoder output z (after quant_conv) of every
-training image and of its horizontal flip, plus labels and captions; codes and soft labels are
-computed on the fly from z and the codebook (`rq_jax.quantizer.rq_soft_codes`).
+The RQ-Transformer is trained on codes drawn stochastically from Q_tau at every step (paper Sec. 3.2.3), so what
+is stored is the continuous encoder output z (after quant_conv) of every training image and of its horizontal
+flip, with its label, caption and index; codes and soft labels are computed on the fly from z and the codebook.
 
-Output (`DIR/<split>.npz` per split, one file per process with `--shard` naming):
-  features  float16 [N, h, w, C]   (float16 halves the size; codes from float16 z are checked
-                                    against float32 z in the tests)
-  labels    int32 [N]; captions int32 [N] (index into `captions.json`, -1: none); flipped bool [N]
-  codebook  float32 [K, C]          (the frozen codebook at extraction time)
-plus `DIR/meta.json` (the stage-1 workdir and step, code shape, class names, and `q_tau`: how informative
-the soft labels Q_tau are on a sample of the training features for a few tau, per depth: mean entropy in
-bits, mean nearest-code probability, mean squared distance to the nearest and second-nearest code). The
-same table is printed: pick config.soft.temperature of stage 2 from it (README, "Soft labels").
+The output is ArrayRecord shards of float16 features written as they are encoded (memory does not grow with
+the dataset), the codebook, and `meta.json` with the Q_tau table (how informative the soft labels are on a
+bounded sample of the training features, per depth: pick config.soft.temperature from it; README, "Soft
+labels"). The layout is documented in `rq_jax.data.feature_format`.
+
+Several processes (`--coordinator/--num_processes/--process_id`, or a TPU pod / SLURM job, as for `train`)
+each encode every N-th shard on all their local devices; process 0 writes `meta.json` when all shards exist.
+The result reads the same on any number of stage-2 processes. A killed extraction, rerun with the same
+command, continues from its complete shards. `--rewrite DIR` turns a directory of the old `.npz` format into
+shards without re-encoding.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import time
@@ -29,15 +30,21 @@ if __name__ == "__main__":  # before JAX starts: may re-execute on tcmalloc (rq_
     cli.preload_allocator()
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from rq_jax.data import feature_format as fmt
 from rq_jax.data.pipeline import build_image_pipeline
 from rq_jax.metrics import format_seconds
 from rq_jax.quantizer import calibrate_temperature, q_tau_stats, sample_vectors
 
 DEFAULT_TAUS = (0.5, 0.1, 0.02)
 DEFAULT_TARGETS = (1.0,)
+PLAN_FILE = "extract_plan.json"
+CODEBOOK_FILE = "codebook.npy"
+TABLE_RECORDS = 4096  # the Q_tau table's sample of training records (at most; sample_vectors subsamples it)
 
 
 def soft_label_table(features: np.ndarray, codebook_KxC: np.ndarray, depth: int, *,
@@ -80,67 +87,208 @@ def format_soft_label_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-def extract_split(model, data_config, split: str, *, batch_size: int, flips: bool = True,
-                  limit: int | None = None) -> dict[str, np.ndarray]:
-    """Encoder features (and flipped copies) of every image of one split of this host's shard."""
-    it, info = build_image_pipeline(data_config, split=split, batch_size=batch_size, shuffle=False, repeat=False,
-                                    augment=False, drop_remainder=False)
-    encode = jax.jit(model.encode_features)
-    parts: dict[bool, list[dict[str, np.ndarray]]] = {False: [], True: []}
-    t0, n = time.perf_counter(), 0
-    total = info.num_local_examples if limit is None else min(limit, info.num_local_examples)
-    for batch in it:
-        x = np.asarray(batch["image"])
-        for fl in (False, True) if flips else (False,):
-            xv = x[:, :, ::-1] if fl else x
-            parts[fl].append(dict(features=np.asarray(encode(jnp.asarray(xv))).astype(np.float16),
-                                  labels=np.asarray(batch["label"], np.int32),
-                                  captions=np.asarray(batch["caption"], np.int32),
-                                  flipped=np.full((x.shape[0],), fl)))
-        n += x.shape[0]
-        rate = n / max(time.perf_counter() - t0, 1e-9)
-        if jax.process_index() == 0:
-            print(f"{split}: {min(n, total)}/{total} images | {rate:.1f} img/s | "
-                  f"ETA {format_seconds((total - n) / rate)}", flush=True)
-        if n >= total:
-            break
-    keys = ("features", "labels", "captions", "flipped")
-    chunks = [np.concatenate([p[k] for p in parts[fl]])[:total] for fl in parts if parts[fl] for k in keys]
-    return {k: np.concatenate(chunks[i::len(keys)]) for i, k in enumerate(keys)}
+def _plan(rqvae_workdir: str, step: int, config, splits: tuple[str, ...], flips: bool, limit: int | None,
+          records_per_shard: int | None) -> dict:
+    """What an extraction writes, fixed before any image is read: a rerun resumes only the same plan."""
+    from rq_jax.data.pipeline import split_size
+
+    shape = (int(config.model.code_shape[0]), int(config.model.code_shape[1]), int(config.model.embed_dim))
+    rps = int(records_per_shard or fmt.default_records_per_shard(shape))
+    plan = dict(format=fmt.FORMAT, rqvae_workdir=os.path.abspath(rqvae_workdir), rqvae_step=int(step),
+                feature_shape=list(shape), records_per_shard=rps, splits={})
+    for split in splits:
+        n = split_size(config.data, split)
+        n = n if limit is None else min(int(limit), n)
+        flip = bool(flips and split == "train")
+        per_shard = max(1, rps // 2) if flip else rps
+        plan["splits"][split] = dict(num_images=n, flips=flip, images_per_shard=per_shard,
+                                     num_shards=-(-n // per_shard))
+    return plan
+
+
+def _check_plan(out_dir: str, plan: dict) -> None:
+    """Refuses to mix two extractions in one directory (one sentence naming what differs)."""
+    path = os.path.join(out_dir, PLAN_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    if old != plan:
+        diff = [k for k in sorted(set(old) | set(plan)) if old.get(k) != plan.get(k)]
+        raise FileExistsError(
+            f"{out_dir} holds an extraction with other settings ({', '.join(diff)} differ: e.g. another stage-1 "
+            "step, --limit, --no_flips or --records_per_shard); give another --out, or delete it to start over."
+        )
+
+
+def _encoder(model, batch_size: int):
+    """(jitted encoder over this process's local devices, padded batch size): parameters replicated, the batch
+    split over the devices; every batch is padded to one size, so it compiles once."""
+    devices = jax.local_devices()
+    mesh = Mesh(np.array(devices), ("batch",))
+    graph, state = nnx.split(model)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    batch_sharding = NamedSharding(mesh, P("batch"))
+    padded = -(-batch_size // len(devices)) * len(devices)
+    encode = jax.jit(lambda s, x: nnx.merge(graph, s).encode_features(x), out_shardings=batch_sharding)
+
+    def run(x_BxHxWx3: np.ndarray) -> np.ndarray:
+        n = len(x_BxHxWx3)
+        x = np.concatenate([x_BxHxWx3, np.repeat(x_BxHxWx3[-1:], padded - n, 0)]) if n < padded else x_BxHxWx3
+        return np.asarray(encode(state, jax.device_put(x, batch_sharding)))[:n].astype(np.float16)
+
+    return run, padded
+
+
+class _Progress:
+    """`split: done/total images | img/s | ETA` of this process, at most every `every` seconds."""
+
+    def __init__(self, split: str, total: int, done: int, every: float = 5.0):
+        self.split, self.total, self.done, self.every = split, total, done, every
+        self.t0, self.new, self.last = time.perf_counter(), 0, 0.0
+
+    def add(self, n: int, force: bool = False) -> None:
+        self.done, self.new = self.done + n, self.new + n
+        now = time.perf_counter()
+        if force or now - self.last >= self.every:
+            self.last = now
+            rate = self.new / max(now - self.t0, 1e-9)
+            print(f"{self.split}: {self.done}/{self.total} images | {rate:.1f} img/s | "
+                  f"ETA {format_seconds((self.total - self.done) / max(rate, 1e-9))}", flush=True)
+
+
+def _shard_images(plan_split: dict, k: int) -> int:
+    """The number of source images of shard k."""
+    per, n = int(plan_split["images_per_shard"]), int(plan_split["num_images"])
+    return min((k + 1) * per, n) - k * per
+
+
+def _my_shards(plan_split: dict) -> list[int]:
+    """This process's shards: every process_count-th, so the shares differ by at most one shard."""
+    return list(range(jax.process_index(), int(plan_split["num_shards"]), jax.process_count()))
+
+
+def _write_shard(encode, data_config, out_dir: str, split: str, k: int, plan_split: dict, batch_size: int,
+                 progress: _Progress) -> None:
+    """Encodes the images of shard k (and their flips) and writes them, batch by batch, to the shard."""
+    per, n, count = int(plan_split["images_per_shard"]), int(plan_split["num_images"]), plan_split["num_shards"]
+    path = os.path.join(out_dir, fmt.shard_name(split, k, count))
+    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a killed run
+        os.remove(stale)
+    it, _ = build_image_pipeline(data_config, split=split, batch_size=batch_size, shuffle=False, repeat=False,
+                                 augment=False, drop_remainder=False, process_index=0, process_count=1,
+                                 subset=slice(k * per, min((k + 1) * per, n)))
+    writer = fmt.ShardWriter(path)
+    try:
+        for batch in it:
+            x = np.asarray(batch["image"])
+            meta = (np.asarray(batch["index"], np.int64), np.asarray(batch["label"], np.int32),
+                    np.asarray(batch["caption"], np.int32))
+            for flipped in (False, True) if plan_split["flips"] else (False,):
+                z = encode(x[:, :, ::-1] if flipped else x)
+                writer.write(fmt.encode_records(z, *meta, np.full(len(x), flipped)))
+            progress.add(len(x))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def _wait_for(what: str, ready, poll: float = 1.0, report: float = 60.0) -> None:
+    """Blocks until `ready()` is true, saying every `report` seconds what it waits for."""
+    t0 = last = time.perf_counter()
+    while not ready():
+        time.sleep(poll)
+        if time.perf_counter() - last >= report:
+            last = time.perf_counter()
+            print(f"waiting for {what} ({format_seconds(last - t0)} so far)", flush=True)
+
+
+def _missing_shards(out_dir: str, plan: dict) -> list[str]:
+    return [name for split, ps in plan["splits"].items() for k in range(ps["num_shards"])
+            if not os.path.exists(os.path.join(out_dir, name := fmt.shard_name(split, k, ps["num_shards"])))]
 
 
 def extract(rqvae_workdir: str, out_dir: str, *, batch_size: int = 64, flips: bool = True,
             splits: tuple[str, ...] = ("train", "validation"), limit: int | None = None,
-            taus: tuple[float, ...] = DEFAULT_TAUS, entropy_targets: tuple[float, ...] = DEFAULT_TARGETS) -> dict:
-    """Writes `<out_dir>/<split>.npz` and `meta.json` for a trained stage-1 run; returns the meta dict."""
+            records_per_shard: int | None = None, taus: tuple[float, ...] = DEFAULT_TAUS,
+            entropy_targets: tuple[float, ...] = DEFAULT_TARGETS) -> dict:
+    """Writes the feature dataset of a trained stage-1 run to `out_dir` (layout: `rq_jax.data.feature_format`)
+    and returns its meta dict.
+
+    On several processes each encodes every process_count-th shard on its local devices; process 0 writes
+    `meta.json` once every shard exists. A rerun after a kill skips the shards that are complete.
+    """
     from rq_jax.runs import load_rqvae
 
     model, config, step = load_rqvae(rqvae_workdir)
+    plan = _plan(rqvae_workdir, step, config, splits, flips, limit, records_per_shard)
     os.makedirs(out_dir, exist_ok=True)
-    codebook = np.asarray(model.codebook_state.embedding_KxC, np.float32)
-    suffix = f".{jax.process_index()}-of-{jax.process_count()}" if jax.process_count() > 1 else ""
-    table = None
-    for split in splits:
-        arrays = extract_split(model, config.data, split, batch_size=batch_size, flips=flips and split == "train",
-                               limit=limit)
-        np.savez(os.path.join(out_dir, f"{split}{suffix}.npz"), codebook=codebook, **arrays)
-        if split == "train" and len(arrays["features"]):
-            table = soft_label_table(arrays["features"], codebook, int(config.model.code_shape[2]), taus=taus,
-                                     entropy_targets=entropy_targets)
-            if jax.process_index() == 0:
-                print(format_soft_label_table(table), flush=True)
-    _, info = build_image_pipeline(config.data, split="train", batch_size=1)
-    meta = dict(rqvae_workdir=os.path.abspath(rqvae_workdir), rqvae_step=int(step),
+    _check_plan(out_dir, plan)
+    first = jax.process_index() == 0
+    if first:
+        fmt.write_json_atomic(os.path.join(out_dir, PLAN_FILE), plan)
+        codebook = np.asarray(model.codebook_state.embedding_KxC, np.float32)
+        tmp = os.path.join(out_dir, f"codebook.tmp-{os.getpid()}.npy")
+        np.save(tmp, codebook)
+        os.replace(tmp, os.path.join(out_dir, CODEBOOK_FILE))
+    encode, padded = _encoder(model, batch_size)
+    for split, ps in plan["splits"].items():
+        mine = _my_shards(ps)
+        done = [k for k in mine if os.path.exists(os.path.join(out_dir, fmt.shard_name(split, k, ps["num_shards"])))]
+        progress = _Progress(split, sum(_shard_images(ps, k) for k in mine), sum(_shard_images(ps, k) for k in done))
+        if done and first:
+            print(f"{split}: {len(done)} of this process's {len(mine)} shards are complete; resuming", flush=True)
+        for k in mine:
+            if k not in done:
+                _write_shard(encode, config.data, out_dir, split, k, ps, padded, progress)
+        progress.add(0, force=True)
+    meta_path = os.path.join(out_dir, "meta.json")
+    if not first:  # process 0 writes meta.json once every process's shards exist
+        _wait_for("process 0 to write meta.json", lambda: _read_plan_of_meta(meta_path) == plan)
+        with open(meta_path) as f:
+            return json.load(f)
+    _wait_for("the other processes' shards", lambda: not _missing_shards(out_dir, plan))
+    meta = _finish_meta(rqvae_workdir, out_dir, config, step, plan, flips, taus, entropy_targets)
+    fmt.write_json_atomic(meta_path, meta)
+    return meta
+
+
+def _read_plan_of_meta(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f).get("plan")
+    except (OSError, ValueError):
+        return None
+
+
+def _finish_meta(rqvae_workdir: str, out_dir: str, config, step: int, plan: dict, flips: bool,
+                 taus: tuple[float, ...], entropy_targets: tuple[float, ...]) -> dict:
+    """meta.json of a finished extraction: record counts of every shard, classes, captions, the Q_tau table."""
+    from rq_jax.data.features import FeatureSource
+
+    _, info = build_image_pipeline(config.data, split="train", batch_size=1, process_index=0, process_count=1)
+    if info.captions is not None:
+        fmt.write_json_atomic(os.path.join(out_dir, "captions.json"), list(info.captions))
+    split_meta = {}
+    for split, ps in plan["splits"].items():
+        shards = [dict(file=(name := fmt.shard_name(split, k, ps["num_shards"])),
+                       num_records=fmt.shard_num_records(os.path.join(out_dir, name)))
+                  for k in range(ps["num_shards"])]
+        split_meta[split] = dict(num_records=sum(s["num_records"] for s in shards), num_images=ps["num_images"],
+                                 flips=ps["flips"], shards=shards)
+    meta = dict(format=fmt.FORMAT, rqvae_workdir=os.path.abspath(rqvae_workdir), rqvae_step=int(step),
                 code_shape=list(config.model.code_shape), codebook_size=int(config.model.codebook_size),
                 embed_dim=int(config.model.embed_dim), image_size=int(config.data.image_size),
                 num_classes=int(info.num_classes), class_names=list(info.class_names), flips=flips,
-                dataset=info.dataset, q_tau=table)
-    if jax.process_index() == 0:
-        with open(os.path.join(out_dir, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        if info.captions is not None:
-            with open(os.path.join(out_dir, "captions.json"), "w") as f:
-                json.dump(list(info.captions), f)
+                dataset=info.dataset, dtype="float16", codebook=CODEBOOK_FILE, splits=split_meta, q_tau=None,
+                plan=plan)
+    if split_meta.get("train", {}).get("num_records"):
+        features = FeatureSource(out_dir, "train", meta=meta).sample_features(TABLE_RECORDS)
+        codebook = np.load(os.path.join(out_dir, CODEBOOK_FILE))
+        meta["q_tau"] = soft_label_table(features, codebook, int(config.model.code_shape[2]), taus=taus,
+                                         entropy_targets=entropy_targets)
+        print(format_soft_label_table(meta["q_tau"]), flush=True)
     return meta
 
 
@@ -151,15 +299,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python -m rq_jax.extract")
-    p.add_argument("--rqvae", required=True, help="workdir of a trained stage-1 run")
-    p.add_argument("--out", required=True, help="output directory of the stage-2 feature dataset")
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--rqvae", help="workdir of a trained stage-1 run")
+    p.add_argument("--out", help="output directory of the stage-2 feature dataset")
+    p.add_argument("--rewrite", metavar="DIR", help="rewrite a feature directory of the old .npz format as shards")
+    p.add_argument("--batch_size", type=int, default=64, help="images per encoder call on each process")
     p.add_argument("--no_flips", action="store_true", help="do not add horizontally flipped copies")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per split (tests)")
+    p.add_argument("--records_per_shard", type=int, default=None,
+                   help="records per ArrayRecord shard (default: about 1 GiB of features)")
     p.add_argument("--tau", default=",".join(f"{t:g}" for t in DEFAULT_TAUS),
                    help="comma-separated soft-label temperatures to report Q_tau statistics for")
     p.add_argument("--entropy_target", default=",".join(f"{t:g}" for t in DEFAULT_TARGETS),
                    help="comma-separated entropy targets (bits) whose per-depth tau ('auto:<bits>') is reported")
+    cli.add_distributed_flags(p)
     a = p.parse_args(argv)
     try:
         taus = tuple(float(t) for t in a.tau.split(",") if t.strip())
@@ -168,9 +320,25 @@ def _main(argv: list[str]) -> None:
         p.error(f"--tau {a.tau!r} and --entropy_target {a.entropy_target!r} must be comma-separated numbers")
     if any(t <= 0 for t in taus + targets):
         p.error("--tau and --entropy_target values must be > 0")
-    meta = extract(a.rqvae, a.out, batch_size=a.batch_size, flips=not a.no_flips, limit=a.limit, taus=taus,
-                   entropy_targets=targets)
-    print(f"wrote {a.out}: code shape {meta['code_shape']}, K={meta['codebook_size']}")
+    for name in ("batch_size", "records_per_shard"):
+        if getattr(a, name) is not None and getattr(a, name) <= 0:
+            p.error(f"--{name} must be > 0")
+    if a.limit is not None and a.limit < 0:
+        p.error("--limit must be >= 0")
+    if a.rewrite:
+        from rq_jax.data.legacy_features import rewrite_npz_dir
+
+        meta = rewrite_npz_dir(a.rewrite, records_per_shard=a.records_per_shard)
+        counts = ", ".join(f"{s}: {v['num_records']} records" for s, v in meta["splits"].items())
+        print(f"rewrote {a.rewrite} as ArrayRecord shards ({counts}); the .npz files can now be deleted")
+        return
+    if not a.rqvae or not a.out:
+        p.error("--rqvae and --out are required (or --rewrite DIR)")
+    cli.initialize_distributed(a.coordinator, a.num_processes, a.process_id)
+    meta = extract(a.rqvae, a.out, batch_size=a.batch_size, flips=not a.no_flips, limit=a.limit,
+                   records_per_shard=a.records_per_shard, taus=taus, entropy_targets=targets)
+    counts = ", ".join(f"{s}: {v['num_records']} records" for s, v in meta["splits"].items())
+    print(f"wrote {a.out}: code shape {meta['code_shape']}, K={meta['codebook_size']} ({counts})")
 
 
 if __name__ == "__main__":

@@ -32,13 +32,7 @@ flags.DEFINE_bool("debug", False, "Show tracebacks of errors (also RQ_JAX_DEBUG=
 
 def _maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() under TPU pods / SLURM / an explicit coordinator; no-op on one host."""
-    import jax
-
-    if _COORDINATOR.value:
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif any(v in os.environ for v in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")):
-        if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
-            jax.distributed.initialize()
+    cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
 def train(config, workdir: str) -> None:

@@ -1,70 +1,160 @@
 """Stage-2 data: the extracted RQ-VAE feature maps (`python -m rq_jax.extract`) as a grain pipeline.
 
-Batches are `{"features": float32 [B, h, w, C], "label": int32 [B], "caption": int32 [B]}`; codes and
-soft labels are drawn from them on the device at every step (stochastic sampling, Sec. 3.2.3). The
-iterator has `get_state`/`set_state` like the image pipelines, so it is saved with checkpoints.
+The features live in ArrayRecord shards (layout: `rq_jax.data.feature_format`) read lazily by index through
+grain's ArrayRecord data source: each process opens only the shards of its own contiguous index range, so
+host memory does not grow with the dataset. Batches are `{"features": float32 [B, h, w, C], "label": int32
+[B], "caption": int32 [B], "flipped": bool [B], "source_index": int64 [B]}`; codes and soft labels are drawn
+from them on the device at every step (stochastic sampling, Sec. 3.2.3). The iterator has
+`get_state`/`set_state` like the image pipelines, so it is saved with checkpoints.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Any
 
 import grain
-import jax
 import numpy as np
 
+from rq_jax.data import feature_format as fmt
 
-class FeatureSource:
-    """Random access over one split's `.npz` of features (memory-mapped where possible)."""
+EXTRACT_HINT = "`python -m rq_jax.extract --rqvae STAGE1_WORKDIR --out DIR`"
 
-    def __init__(self, path: str):
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{path} does not exist: extract the stage-2 features first with "
-                "`python -m rq_jax.extract --rqvae STAGE1_WORKDIR --out DIR` and set config.data.features_dir=DIR."
-            )
-        with np.load(path) as f:
-            self.features = f["features"]
-            self.labels = f["labels"]
-            self.captions = f["captions"]
-            self.codebook = f["codebook"]
 
-    def __len__(self) -> int:
-        return int(self.features.shape[0])
+class LegacyFeaturesError(ValueError):
+    """A feature directory in the old whole-array `.npz` format."""
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {"features": self.features[i].astype(np.float32), "label": self.labels[i],
-                "caption": self.captions[i]}
+
+def legacy_npz_files(features_dir: str) -> list[str]:
+    """The `.npz` feature files of the old format in a directory (`<split>.npz`, `<split>.<i>-of-<n>.npz`)."""
+    return sorted(glob.glob(os.path.join(features_dir, "*.npz")))
 
 
 def load_meta(features_dir: str) -> dict[str, Any]:
+    """`meta.json` of a feature directory; one-sentence errors for a missing one and for the old format."""
     if not features_dir:
         raise FileNotFoundError(
-            "config.data.features_dir is not set: extract the stage-2 features with `python -m rq_jax.extract "
-            "--rqvae STAGE1_WORKDIR --out DIR` and pass --config.data.features_dir=DIR."
+            f"config.data.features_dir is not set: extract the stage-2 features with {EXTRACT_HINT} and pass "
+            "--config.data.features_dir=DIR."
         )
     path = os.path.join(features_dir, "meta.json")
     if not os.path.exists(path):
+        if legacy_npz_files(features_dir):
+            raise legacy_error(features_dir)
         raise FileNotFoundError(
-            f"{path} does not exist: {features_dir} is not a stage-2 feature directory; create one with "
-            "`python -m rq_jax.extract --rqvae STAGE1_WORKDIR --out DIR`."
+            f"{path} does not exist: {features_dir} is not a stage-2 feature directory (or its extraction has not "
+            f"finished; rerunning it resumes); create one with {EXTRACT_HINT}."
         )
     with open(path) as f:
-        return json.load(f)
+        meta = json.load(f)
+    if meta.get("format") != fmt.FORMAT:
+        raise legacy_error(features_dir)
+    return meta
+
+
+def legacy_error(features_dir: str) -> LegacyFeaturesError:
+    return LegacyFeaturesError(
+        f"{features_dir} holds stage-2 features in the old .npz format, which every host would read whole into "
+        f"memory; rewrite them as ArrayRecord shards with `python -m rq_jax.extract --rewrite {features_dir}` "
+        "(no re-encoding; the .npz files are kept)."
+    )
+
+
+def feature_shape(meta: dict[str, Any]) -> tuple[int, int, int]:
+    """(h, w, C) of one record's features."""
+    return int(meta["code_shape"][0]), int(meta["code_shape"][1]), int(meta["embed_dim"])
+
+
+class FeatureSource:
+    """Random access over one split of a feature directory: `len()` records, `[i]` a dict with `features`
+    (float32 [h, w, C]), `label`, `caption`, `flipped` and `source_index`; `read(indices)` a batch of them.
+
+    Nothing is read at construction but `meta.json` and the codebook; shards are opened on first access.
+    """
+
+    def __init__(self, features_dir: str, split: str, *, meta: dict[str, Any] | None = None):
+        self.meta = load_meta(features_dir) if meta is None else meta
+        splits = self.meta["splits"]
+        if split not in splits:
+            raise FileNotFoundError(
+                f"{features_dir} has no {split!r} split (it has {sorted(splits)}); extract it with {EXTRACT_HINT}."
+            )
+        self.features_dir, self.split = features_dir, split
+        self.shape = feature_shape(self.meta)
+        self.num_records = int(splits[split]["num_records"])
+        shards = [s for s in splits[split]["shards"] if int(s["num_records"]) > 0]
+        for s in shards:
+            if not os.path.exists(os.path.join(features_dir, s["file"])):
+                raise FileNotFoundError(
+                    f"{os.path.join(features_dir, s['file'])} is missing: the feature directory is incomplete; "
+                    f"copy the whole directory or extract it again with {EXTRACT_HINT}."
+                )
+        paths = [f"{os.path.join(features_dir, s['file'])}[0:{int(s['num_records'])}]" for s in shards]
+        self._source = grain.sources.ArrayRecordDataSource(paths) if paths else None
+        self.codebook = np.load(os.path.join(features_dir, self.meta.get("codebook", "codebook.npy")))
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def read(self, indices: Any) -> dict[str, np.ndarray]:
+        """The records at `indices` as a batch (one batched read per shard, decoded without copies)."""
+        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        rec = fmt.decode_records(list(self._source.__getitems__(idx)) if idx else [], self.shape)
+        return {"features": rec["features"].astype(np.float32), "label": rec["label"].astype(np.int32),
+                "caption": rec["caption"].astype(np.int32), "flipped": rec["flipped"].astype(bool),
+                "source_index": rec["source_index"].astype(np.int64)}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= int(i) < self.num_records:
+            raise IndexError(f"record {i} is outside the {self.num_records} records of {self.split!r}")
+        return {k: v[0] for k, v in self.read([i]).items()}
+
+    def sample_features(self, max_records: int = 4096, seed: int = 0) -> np.ndarray:
+        """float32 [R, h, w, C]: a fixed random subset of at most `max_records` records (all when fewer), for
+        statistics such as the Q_tau table, without reading the whole split."""
+        n = self.num_records
+        idx = np.arange(n) if n <= max_records else np.sort(np.random.default_rng(seed).choice(n, max_records,
+                                                                                                 replace=False))
+        return self.read(idx)["features"] if n else np.zeros((0, *self.shape), np.float32)
+
+
+def process_range(num_records: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[start, stop) of this process's contiguous share of the records (sizes differ by at most one)."""
+    return num_records * process_index // process_count, num_records * (process_index + 1) // process_count
+
+
+class _ReadBatch:
+    """A batch of record indices -> the decoded batch (picklable, for grain worker processes)."""
+
+    def __init__(self, source: FeatureSource):
+        self.source = source
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return self.source.read(indices)
 
 
 def build_feature_pipeline(features_dir: str, *, split: str, batch_size: int, seed: int = 0,
                            train: bool | None = None, process_index: int | None = None,
                            process_count: int | None = None):
-    """(iterator, source) over this host's shard of a split; train: shuffled, repeated, full batches."""
+    """(iterator, source) over this process's contiguous share of a split; train: shuffled, repeated, full batches.
+
+    The pipeline shuffles and batches record *indices*, then reads each batch in one call, so a batch costs
+    one read per shard it touches and one decode.
+    """
+    import jax
+
     train = split == "train" if train is None else train
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
-    src = FeatureSource(os.path.join(features_dir, f"{split}.npz"))
-    ds = grain.MapDataset.source(src)[pi::pc]
+    src = FeatureSource(features_dir, split)
+    start, stop = process_range(len(src), pi, pc)
+    if stop <= start:
+        raise ValueError(f"The {split!r} split of {features_dir} has {len(src)} records, fewer than the {pc} "
+                         f"processes that share it; extract more images or use fewer processes.")
+    ds = grain.MapDataset.range(start, stop)
     if train:
-        ds = ds.shuffle(seed=seed).repeat()
-    ds = ds.batch(batch_size, drop_remainder=train)
+        ds = ds.seed(int(seed) % 2**32).shuffle().repeat()
+    ds = ds.batch(batch_size, drop_remainder=train).map(_ReadBatch(src))
     return ds.to_iter_dataset().__iter__(), src

@@ -297,8 +297,13 @@ def build_image_dataset(
     repeat: bool | None = None,
     augment: bool | None = None,
     drop_remainder: bool | None = None,
+    subset: slice | None = None,
 ) -> tuple[grain.IterDataset, DataInfo]:
-    """The pipeline as a grain ``IterDataset`` (see :func:`build_image_pipeline`)."""
+    """The pipeline as a grain ``IterDataset`` (see :func:`build_image_pipeline`).
+
+    ``subset``: only these positions of the host's share (e.g. ``slice(a, b)`` with one process: the split's
+    images ``a..b-1``, as the feature extraction reads them shard by shard); a subset is not probed for a
+    readable image, its unreadable ones are just dropped and counted."""
     cfg = resolve_config(data_config)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -321,8 +326,11 @@ def build_image_dataset(
     preprocess = _Preprocess(cfg, counter, key_prefix=meta.description)
 
     ds = ds[process_index::process_count]  # each host reads a disjoint stride of the split
+    if subset is not None:
+        ds = ds[subset]
     num_local = len(ds)
-    check_readable(ds, preprocess, meta.description, split)
+    if subset is None:
+        check_readable(ds, preprocess, meta.description, split)
     ds = ds.seed(int(seed) % 2**32)
     if shuffle:
         ds = ds.shuffle()  # reshuffled every epoch by the repeat below
@@ -357,6 +365,12 @@ def build_image_dataset(
     return it, info
 
 
+def split_size(data_config: Mapping[str, Any] | ml_collections.ConfigDict | None, split: str) -> int:
+    """The number of images of a split (after ``limit``), without reading any of them."""
+    split = "validation" if split in ("val", "valid", "eval") else split
+    return len(_open_source(resolve_config(data_config), split)[0])
+
+
 def build_image_pipeline(
     data_config: Mapping[str, Any] | ml_collections.ConfigDict | None,
     *,
@@ -369,6 +383,7 @@ def build_image_pipeline(
     repeat: bool | None = None,
     augment: bool | None = None,
     drop_remainder: bool | None = None,
+    subset: slice | None = None,
 ) -> tuple[grain.DatasetIterator, DataInfo]:
     """This host's batches of a split, as a checkpointable iterator, and what it reads.
 
@@ -392,6 +407,7 @@ def build_image_pipeline(
         repeat=repeat,
         augment=augment,
         drop_remainder=drop_remainder,
+        subset=subset,
     )
     return iter(it), info
 

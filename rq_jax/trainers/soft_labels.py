@@ -129,8 +129,9 @@ def set_temperature(config: ml_collections.ConfigDict, src: Any, workdir: str) -
     """Resolves tau per depth, reports the soft labels, and writes the numbers into the config: a resumed run
     (config.json) and the jitted step use them."""
     codebook_KxC = np.asarray(src.codebook, np.float32)
-    taus, how = resolve_temperature(config, src.features, codebook_KxC, workdir)
-    report_soft_labels(config, taus, how, src.features, codebook_KxC, workdir)
+    features = src.sample_features(seed=config.seed)  # a bounded sample of the training records
+    taus, how = resolve_temperature(config, features, codebook_KxC, workdir)
+    report_soft_labels(config, taus, how, features, codebook_KxC, workdir)
     with config.ignore_type():
         config.soft.temperature_spec = config.soft.temperature if parse_auto(config.soft.temperature) else ""
         config.soft.temperature = list(taus)

@@ -7,6 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from rq_jax.data.feature_format import write_feature_dir
+from rq_jax.data.features import FeatureSource
 from rq_jax.trainers import rq_transformer as t2
 from rq_jax.trainers import soft_labels
 from tests.helpers import load_repo_config as load_config
@@ -18,16 +20,14 @@ def _features_dir(root: pathlib.Path, c, n: int = 16, scale: float = 0.05) -> pa
     rng = np.random.default_rng(0)
     codebook = (rng.normal(size=(k, n_z)) * scale).astype(np.float32)
     out = root / "features"
-    out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "validation"):
-        np.savez(out / f"{split}.npz", codebook=codebook,
-                 features=(rng.normal(size=(n, h, w, n_z)) * scale).astype(np.float16),
-                 labels=(np.arange(n) % 3).astype(np.int32), captions=np.full((n,), -1, np.int32),
-                 flipped=np.zeros((n,), bool))
+    splits = {split: dict(features=(rng.normal(size=(n, h, w, n_z)) * scale).astype(np.float16),
+                          label=(np.arange(n) % 3).astype(np.int32), caption=np.full((n,), -1, np.int32),
+                          flipped=np.zeros((n,), bool), source_index=np.arange(n))
+              for split in ("train", "validation")}
     meta = dict(rqvae_workdir="", rqvae_step=0, code_shape=list(c.model.code_shape), codebook_size=int(k),
                 embed_dim=int(n_z), image_size=32, num_classes=3, class_names=["a", "b", "c"], flips=False,
                 dataset="synthetic")
-    (out / "meta.json").write_text(json.dumps(meta))
+    write_feature_dir(str(out), meta, codebook, splits, records_per_shard=5)
     return out
 
 
@@ -74,10 +74,10 @@ def test_per_depth_numbers_are_used_as_given(tmp_path):
 
 def test_near_uniform_targets_warn(tmp_path):
     c = _config(tmp_path, 0.5)  # residuals of scale 0.05: tau 0.5 makes Q_tau nearly uniform
-    src = np.load(pathlib.Path(c.data.features_dir) / "train.npz")
+    src = FeatureSource(c.data.features_dir, "train")
     with pytest.warns(soft_labels.SoftLabelWarning, match=r"close to uniform at depth 1, 2, 3, 4"):
-        record = soft_labels.report_soft_labels(c, (0.5,) * 4, "as configured", src["features"],
-                                                src["codebook"], str(tmp_path))
+        record = soft_labels.report_soft_labels(c, (0.5,) * 4, "as configured", src.sample_features(),
+                                                src.codebook, str(tmp_path))
     assert min(record["entropy_bits"]) > 0.5 * np.log2(64)
 
 

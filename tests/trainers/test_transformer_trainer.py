@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rq_jax.data.features import FeatureSource
 from rq_jax.trainers import rq_transformer as t2
 from tests.helpers import assert_one_line_error
 from tests.helpers import load_repo_config as load_config
@@ -22,8 +23,10 @@ def test_extract_train_and_sample(tiny_stage2_runs):
     from rq_jax.sample import main
 
     tmp, config, scalars = tiny_stage2_runs
-    feats = np.load(tmp / "features" / "train.npz")
+    feats = FeatureSource(str(tmp / "features"), "train").read(np.arange(64))
     assert feats["features"].shape == (64, 16, 16, 32) and feats["flipped"].sum() == 32  # 32 images + flips
+    assert sorted(zip(feats["source_index"], feats["flipped"], strict=True)) == [
+        (i, f) for i in range(32) for f in (False, True)]
     meta = json.loads((tmp / "features" / "meta.json").read_text())
     q_tau = meta["q_tau"]  # the extractor's Q_tau table
     assert {"tau", "entropy_bits", "p_nearest"} <= set(q_tau["rows"][0]) and len(q_tau["rows"][0]["entropy_bits"]) == 4
