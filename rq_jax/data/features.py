@@ -137,11 +137,12 @@ class _ReadBatch:
 
 def build_feature_pipeline(features_dir: str, *, split: str, batch_size: int, seed: int = 0,
                            train: bool | None = None, process_index: int | None = None,
-                           process_count: int | None = None):
+                           process_count: int | None = None, read_threads: int = 2, prefetch_batches: int = 4):
     """(iterator, source) over this process's contiguous share of a split; train: shuffled, repeated, full batches.
 
     The pipeline shuffles and batches record *indices*, then reads each batch in one call, so a batch costs
-    one read per shard it touches and one decode.
+    one read per shard it touches and one decode. `read_threads` threads read up to `prefetch_batches`
+    batches ahead (grain's default, 500 elements ahead, would be 500 whole batches: gigabytes of host memory).
     """
     import jax
 
@@ -157,4 +158,5 @@ def build_feature_pipeline(features_dir: str, *, split: str, batch_size: int, se
     if train:
         ds = ds.seed(int(seed) % 2**32).shuffle().repeat()
     ds = ds.batch(batch_size, drop_remainder=train).map(_ReadBatch(src))
-    return ds.to_iter_dataset().__iter__(), src
+    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+    return ds.to_iter_dataset(options).__iter__(), src

@@ -71,9 +71,11 @@ def launch(workdir, data_dir, num_processes: int, devices_per_process: int, log_
     return run_processes(args, workdir, num_processes, devices_per_process, log_dir)
 
 
-def run_processes(args, workdir, num_processes: int, devices_per_process: int, log_dir, timeout: float = TIMEOUT):
+def run_processes(args, workdir, num_processes: int, devices_per_process: int, log_dir, timeout: float = TIMEOUT,
+                  module: str = "rq_jax.train"):
     """`python -m rq_jax.train --workdir=workdir *args` in `num_processes` local processes (jax.distributed
-    with a free coordinator port when more than one); returns (pids, outputs, returncodes). A run still going
+    with a free coordinator port when more than one); returns (pids, outputs, returncodes). Another `module`
+    (`rq_jax.extract`) gets `args` alone (`workdir` then only names the logs). A run still going
     after `timeout` seconds (a hang) gets SIGABRT, so faulthandler writes every thread's Python stack into its
     log, then is killed: its returncode is None and its output ends with a TIMEOUT line."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
@@ -81,7 +83,7 @@ def run_processes(args, workdir, num_processes: int, devices_per_process: int, l
     if num_processes > 1:  # every process compiles: a cache hit in one and a compile in the other can put
         env.pop("JAX_COMPILATION_CACHE_DIR", None)  # > 30 s between them at the first gloo collective
         env["RQ_JAX_COMPILATION_CACHE"] = "0"
-    cmd = [sys.executable, "-m", "rq_jax.train", f"--workdir={workdir}", *args]
+    cmd = [sys.executable, "-m", module, *([f"--workdir={workdir}"] if module == "rq_jax.train" else []), *args]
     port = free_port()
     procs, logs = [], []
     for i in range(num_processes):

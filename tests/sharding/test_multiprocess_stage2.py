@@ -1,4 +1,6 @@
-"""Stage 2 under `jax.distributed`: the real CLI in two local processes (two fake CPU devices each, gloo), FSDP
+"""Stage 2 under `jax.distributed`: the features extracted by `python -m rq_jax.extract` on two local processes
+(each writing its own shards of one dataset), then the real training CLI in two local processes (two fake CPU
+devices each, gloo), FSDP
 over all four devices, with the evaluation and the sample grid at every step (the grid at step 1, right after
 an evaluation: what used to look like a hang, see `rq_jax.trainers.rq_transformer.sample_grid`), a checkpoint
 at every step, and a restart of both processes from the step-1 checkpoint that reaches the uninterrupted run's
@@ -9,7 +11,10 @@ only needs its codebook, encoder for the features and decoder for the grid), 32 
 one sample per class; the restart is a copy of the step-1 checkpoint (as in test_multiprocess.py).
 """
 
+import json
+
 import jax
+import numpy as np
 import pytest
 from test_multiprocess import REPO, assert_trees_equal, config, copy_checkpoint, run_processes, saved_state, show
 
@@ -21,11 +26,13 @@ STEPS = 2
 TIMEOUT = 240  # a hang becomes a failure showing both logs (with the stacks of every thread)
 
 
+EXTRACT_ARGS = ["--batch_size=8", "--limit=32", "--records_per_shard=8"]
+
+
 @pytest.fixture(scope="module")
 def stage1_run(tmp_path_factory):
-    """(rqvae workdir, features dir): an initialised stage-1 state saved as step 0, and its features."""
-    from rq_jax.extract import extract
-
+    """(rqvae workdir, features dir): an initialised stage-1 state saved as step 0, and its features extracted
+    by two processes."""
     root = tmp_path_factory.mktemp("stage1")
     c = config(root / "data")
     mesh = sharding.mesh_from_config({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
@@ -36,11 +43,36 @@ def stage1_run(tmp_path_factory):
     ckpt.save(0, setup.init())
     ckpt.close()
     loop.write_run_config(c, str(root / "rqvae"))
-    extract(str(root / "rqvae"), str(root / "features"), batch_size=16, limit=32)
-    return root / "rqvae", root / "features"
+    args = [f"--rqvae={root / 'rqvae'}", f"--out={root / 'features'}", *EXTRACT_ARGS]
+    _, outs, codes = run_processes(args, root / "extract", 2, 2, root, timeout=TIMEOUT, module="rq_jax.extract")
+    assert codes == [0, 0], show(outs)
+    return root / "rqvae", root / "features", outs
 
 
-def stage2_args(rqvae_dir, features_dir) -> list[str]:
+@pytest.mark.slow
+def test_two_process_extraction_is_one_dataset(stage1_run, tmp_path):
+    """Each process encoded its own shards; together they are the records of a one-process extraction."""
+    from rq_jax.data.features import FeatureSource
+    from rq_jax.extract import extract
+
+    rqvae_dir, features_dir, outs = stage1_run
+    for out in outs:  # both processes encoded train images
+        assert "train: " in out and " img/s" in out, show(outs)
+    meta = json.loads((features_dir / "meta.json").read_text())
+    train = meta["splits"]["train"]
+    assert train["num_records"] == 64 and len(train["shards"]) == 8  # 32 images + flips, 4 images a shard
+    single = extract(str(rqvae_dir), str(tmp_path / "single"), **{a[2:].split("=")[0]: int(a.split("=")[1])
+                                                                  for a in EXTRACT_ARGS})
+    assert single["splits"]["train"]["shards"] == train["shards"]
+    for split in ("train", "validation"):
+        a, b = FeatureSource(str(features_dir), split), FeatureSource(str(tmp_path / "single"), split)
+        ra, rb = a.read(np.arange(len(a))), b.read(np.arange(len(b)))
+        for key in ("source_index", "flipped", "label", "caption"):
+            np.testing.assert_array_equal(ra[key], rb[key])
+        np.testing.assert_allclose(ra["features"], rb["features"], rtol=2e-3, atol=2e-3)  # 2 vs 8 devices
+
+
+def stage2_args(rqvae_dir, features_dir, _=None) -> list[str]:
     overrides = {"rqvae_workdir": rqvae_dir, "data.features_dir": features_dir, "train.num_steps": STEPS,
                  "train.checkpoint_every": 1, "train.eval_every": 1, "train.sample_every": 1, "train.log_every": 1,
                  "sample.num": 1, "mesh.shape.data": 1, "mesh.shape.fsdp": -1, "mesh.shape.tensor": 1}
