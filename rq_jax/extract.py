@@ -44,7 +44,8 @@ DEFAULT_TAUS = (0.5, 0.1, 0.02)
 DEFAULT_TARGETS = (1.0,)
 PLAN_FILE = "extract_plan.json"
 CODEBOOK_FILE = "codebook.npy"
-TABLE_RECORDS = 4096  # the Q_tau table's sample of training records (at most; sample_vectors subsamples it)
+TABLE_RECORDS = 4096  # the Q_tau table's vectors are drawn from at most this many random training records
+TABLE_ELEMENTS = 1 << 23  # ... at most this many / K of them (as quantizer.sample_vectors)
 
 
 def soft_label_table(features: np.ndarray, codebook_KxC: np.ndarray, depth: int, *,
@@ -284,8 +285,9 @@ def _finish_meta(rqvae_workdir: str, out_dir: str, config, step: int, plan: dict
                 dataset=info.dataset, dtype="float16", codebook=CODEBOOK_FILE, splits=split_meta, q_tau=None,
                 plan=plan)
     if split_meta.get("train", {}).get("num_records"):
-        features = FeatureSource(out_dir, "train", meta=meta).sample_features(TABLE_RECORDS)
         codebook = np.load(os.path.join(out_dir, CODEBOOK_FILE))
+        features = FeatureSource(out_dir, "train", meta=meta).sample_vectors(
+            max(1, TABLE_ELEMENTS // len(codebook)), max_records=TABLE_RECORDS)
         meta["q_tau"] = soft_label_table(features, codebook, int(config.model.code_shape[2]), taus=taus,
                                          entropy_targets=entropy_targets)
         print(format_soft_label_table(meta["q_tau"]), flush=True)

@@ -111,13 +111,25 @@ class FeatureSource:
             raise IndexError(f"record {i} is outside the {self.num_records} records of {self.split!r}")
         return {k: v[0] for k, v in self.read([i]).items()}
 
-    def sample_features(self, max_records: int = 4096, seed: int = 0) -> np.ndarray:
-        """float32 [R, h, w, C]: a fixed random subset of at most `max_records` records (all when fewer), for
-        statistics such as the Q_tau table, without reading the whole split."""
-        n = self.num_records
-        idx = np.arange(n) if n <= max_records else np.sort(np.random.default_rng(seed).choice(n, max_records,
-                                                                                                 replace=False))
-        return self.read(idx)["features"] if n else np.zeros((0, *self.shape), np.float32)
+    def sample_vectors(self, max_vectors: int, *, max_records: int = 4096, seed: int = 0,
+                       chunk: int = 256) -> np.ndarray:
+        """float32 [m, C]: a fixed random subset of m = min(max_vectors, all) feature vectors of at most
+        `max_records` random records, for statistics such as the Q_tau table. The records are read `chunk` at a
+        time and only the chosen vectors kept, so memory is bounded by `max_vectors`, not by the split."""
+        rng = np.random.default_rng(seed)
+        n, per = self.num_records, self.shape[0] * self.shape[1]
+        records = np.arange(n) if n <= max_records else np.sort(rng.choice(n, max_records, replace=False))
+        total = len(records) * per
+        keep = np.arange(total) if total <= max_vectors else np.sort(rng.choice(total, max_vectors, replace=False))
+        out = np.empty((len(keep), self.shape[2]), np.float32)
+        done = 0
+        for start in range(0, len(records), chunk):
+            lo, hi = np.searchsorted(keep, [start * per, min(start + chunk, len(records)) * per])
+            if hi > lo:
+                flat = self.read(records[start:start + chunk])["features"].reshape(-1, self.shape[2])
+                out[done:done + hi - lo] = flat[keep[lo:hi] - start * per]
+                done += hi - lo
+        return out
 
 
 def process_range(num_records: int, process_index: int, process_count: int) -> tuple[int, int]:

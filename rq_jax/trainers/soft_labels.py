@@ -129,7 +129,7 @@ def set_temperature(config: ml_collections.ConfigDict, src: Any, workdir: str) -
     """Resolves tau per depth, reports the soft labels, and writes the numbers into the config: a resumed run
     (config.json) and the jitted step use them."""
     codebook_KxC = np.asarray(src.codebook, np.float32)
-    features = src.sample_features(seed=config.seed)  # a bounded sample of the training records
+    features = src.sample_vectors(max(1, (1 << 23) // len(codebook_KxC)), seed=config.seed)  # bounded sample
     taus, how = resolve_temperature(config, features, codebook_KxC, workdir)
     report_soft_labels(config, taus, how, features, codebook_KxC, workdir)
     with config.ignore_type():

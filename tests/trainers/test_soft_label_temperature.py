@@ -76,7 +76,7 @@ def test_near_uniform_targets_warn(tmp_path):
     c = _config(tmp_path, 0.5)  # residuals of scale 0.05: tau 0.5 makes Q_tau nearly uniform
     src = FeatureSource(c.data.features_dir, "train")
     with pytest.warns(soft_labels.SoftLabelWarning, match=r"close to uniform at depth 1, 2, 3, 4"):
-        record = soft_labels.report_soft_labels(c, (0.5,) * 4, "as configured", src.sample_features(),
+        record = soft_labels.report_soft_labels(c, (0.5,) * 4, "as configured", src.sample_vectors(4096),
                                                 src.codebook, str(tmp_path))
     assert min(record["entropy_bits"]) > 0.5 * np.log2(64)
 
