@@ -43,7 +43,6 @@ from rq_jax.quantizer import calibrate_temperature, q_tau_stats, sample_vectors
 DEFAULT_TAUS = (0.5, 0.1, 0.02)
 DEFAULT_TARGETS = (1.0,)
 PLAN_FILE = "extract_plan.json"
-CODEBOOK_FILE = "codebook.npy"
 TABLE_RECORDS = 4096  # the Q_tau table's vectors are drawn from at most this many random training records
 TABLE_ELEMENTS = 1 << 23  # ... at most this many / K of them (as quantizer.sample_vectors)
 
@@ -88,6 +87,11 @@ def format_soft_label_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_path(path: str) -> str:
+    """The stage-1 workdir as recorded: absolute for local paths, as given for URLs (gs://...)."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def _plan(rqvae_workdir: str, step: int, config, splits: tuple[str, ...], flips: bool, limit: int | None,
           records_per_shard: int | None) -> dict:
     """What an extraction writes, fixed before any image is read: a rerun resumes only the same plan."""
@@ -95,7 +99,7 @@ def _plan(rqvae_workdir: str, step: int, config, splits: tuple[str, ...], flips:
 
     shape = (int(config.model.code_shape[0]), int(config.model.code_shape[1]), int(config.model.embed_dim))
     rps = int(records_per_shard or fmt.default_records_per_shard(shape))
-    plan = dict(format=fmt.FORMAT, rqvae_workdir=os.path.abspath(rqvae_workdir), rqvae_step=int(step),
+    plan = dict(format=fmt.FORMAT, rqvae_workdir=_run_path(rqvae_workdir), rqvae_step=int(step),
                 feature_shape=list(shape), records_per_shard=rps, splits={})
     for split in splits:
         n = split_size(config.data, split)
@@ -229,10 +233,7 @@ def extract(rqvae_workdir: str, out_dir: str, *, batch_size: int = 64, flips: bo
     first = jax.process_index() == 0
     if first:
         fmt.write_json_atomic(os.path.join(out_dir, PLAN_FILE), plan)
-        codebook = np.asarray(model.codebook_state.embedding_KxC, np.float32)
-        tmp = os.path.join(out_dir, f"codebook.tmp-{os.getpid()}.npy")
-        np.save(tmp, codebook)
-        os.replace(tmp, os.path.join(out_dir, CODEBOOK_FILE))
+        fmt.save_codebook(out_dir, np.asarray(model.codebook_state.embedding_KxC))
     encode, padded = _encoder(model, batch_size)
     for split, ps in plan["splits"].items():
         mine = _my_shards(ps)
@@ -278,14 +279,14 @@ def _finish_meta(rqvae_workdir: str, out_dir: str, config, step: int, plan: dict
                   for k in range(ps["num_shards"])]
         split_meta[split] = dict(num_records=sum(s["num_records"] for s in shards), num_images=ps["num_images"],
                                  flips=ps["flips"], shards=shards)
-    meta = dict(format=fmt.FORMAT, rqvae_workdir=os.path.abspath(rqvae_workdir), rqvae_step=int(step),
+    meta = dict(format=fmt.FORMAT, rqvae_workdir=_run_path(rqvae_workdir), rqvae_step=int(step),
                 code_shape=list(config.model.code_shape), codebook_size=int(config.model.codebook_size),
                 embed_dim=int(config.model.embed_dim), image_size=int(config.data.image_size),
                 num_classes=int(info.num_classes), class_names=list(info.class_names), flips=flips,
-                dataset=info.dataset, dtype="float16", codebook=CODEBOOK_FILE, splits=split_meta, q_tau=None,
+                dataset=info.dataset, dtype="float16", codebook=fmt.CODEBOOK_FILE, splits=split_meta, q_tau=None,
                 plan=plan)
     if split_meta.get("train", {}).get("num_records"):
-        codebook = np.load(os.path.join(out_dir, CODEBOOK_FILE))
+        codebook = np.load(os.path.join(out_dir, fmt.CODEBOOK_FILE))
         features = FeatureSource(out_dir, "train", meta=meta).sample_vectors(
             max(1, TABLE_ELEMENTS // len(codebook)), max_records=TABLE_RECORDS)
         meta["q_tau"] = soft_label_table(features, codebook, int(config.model.code_shape[2]), taus=taus,

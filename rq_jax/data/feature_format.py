@@ -40,6 +40,7 @@ import numpy as np
 FORMAT = "rq_jax.features.array_record.v1"
 WRITER_OPTIONS = "group_size:1,uncompressed"
 HEADER_BYTES = 24
+CODEBOOK_FILE = "codebook.npy"
 TARGET_SHARD_BYTES = 1 << 30  # about 1 GiB per shard
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.array_record$")
 
@@ -90,7 +91,8 @@ def default_records_per_shard(feature_shape: tuple[int, ...]) -> int:
 
 class ShardWriter:
     """Writes one shard to `<path>.tmp-<pid>` and renames it to `path` on `close()`: a shard under its final
-    name is always complete; `abort()` (or a killed process) leaves only a temporary file behind."""
+    name is always complete; `abort()` removes the temporary file (a killed process leaves it behind, and the
+    next extraction of that shard removes it)."""
 
     def __init__(self, path: str):
         from array_record.python.array_record_module import ArrayRecordWriter
@@ -126,6 +128,13 @@ def shard_num_records(path: str) -> int:
         reader.close()
 
 
+def save_codebook(out_dir: str, codebook_KxC: Any) -> None:
+    """`codebook.npy` (float32 [K, C]), written to a temporary name and renamed."""
+    tmp = os.path.join(out_dir, f"codebook.tmp-{os.getpid()}.npy")
+    np.save(tmp, np.asarray(codebook_KxC, np.float32))
+    os.replace(tmp, os.path.join(out_dir, CODEBOOK_FILE))
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
     """JSON written to a temporary file and renamed: readers see the old file or the new one, never half."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -134,23 +143,64 @@ def write_json_atomic(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+class SplitWriter:
+    """Writes the records of one split, in order, as shards of `records_per_shard` (the last may be shorter);
+    `close()` returns the split's `meta["splits"][split]` entry. `total` (the number of records) fixes the shard
+    names' `-of-MMMMM`. A context manager: an error aborts the shard being written."""
+
+    def __init__(self, out_dir: str, split: str, total: int, records_per_shard: int, *, flips: bool = False,
+                 num_images: int | None = None):
+        self.out_dir, self.split, self.total, self.rps = out_dir, split, int(total), int(records_per_shard)
+        self.count = -(-self.total // self.rps)
+        self.flips, self.num_images = flips, num_images
+        self.shards: list[dict[str, Any]] = []
+        self._writer: ShardWriter | None = None
+
+    def write(self, records: list[bytes]) -> None:
+        for r in records:
+            if self._writer is None:
+                self._writer = ShardWriter(os.path.join(self.out_dir, shard_name(self.split, len(self.shards),
+                                                                                 self.count)))
+            self._writer.write([r])
+            if self._writer.num_records == self.rps:
+                self._close_shard()
+
+    def _close_shard(self) -> None:
+        self._writer.close()
+        self.shards.append(dict(file=shard_name(self.split, len(self.shards), self.count),
+                                num_records=self._writer.num_records))
+        self._writer = None
+
+    def close(self) -> dict[str, Any]:
+        if self._writer is not None:
+            self._close_shard()
+        written = sum(s["num_records"] for s in self.shards)
+        if written != self.total:
+            raise ValueError(f"{written} records were written to the {self.split!r} split, not the {self.total} "
+                             "announced.")
+        return dict(num_records=written, num_images=self.num_images, flips=self.flips, shards=self.shards)
+
+    def __enter__(self) -> SplitWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None and self._writer is not None:
+            self._writer.abort()
+
+
 def write_split(out_dir: str, split: str, arrays: dict[str, np.ndarray], *,
                 records_per_shard: int | None = None) -> dict[str, Any]:
     """Writes one split given as whole arrays (`features` [N, h, w, C], `label`, `caption`, `flipped`,
     `source_index` [N]) as shards; returns its `meta["splits"][split]` entry. For small sets: tests, benchmarks."""
     n = len(arrays["features"])
     rps = int(records_per_shard or default_records_per_shard(arrays["features"].shape[1:]))
-    count = -(-n // rps)
-    shards = []
-    for k in range(count):
-        sl = slice(k * rps, min((k + 1) * rps, n))
-        w = ShardWriter(os.path.join(out_dir, shard_name(split, k, count)))
-        w.write(encode_records(arrays["features"][sl], arrays["source_index"][sl], arrays["label"][sl],
-                               arrays["caption"][sl], arrays["flipped"][sl]))
-        w.close()
-        shards.append(dict(file=shard_name(split, k, count), num_records=w.num_records))
-    return dict(num_records=n, num_images=int(len(np.unique(arrays["source_index"]))),
-                flips=bool(np.any(arrays["flipped"])), shards=shards)
+    with SplitWriter(out_dir, split, n, rps, flips=bool(np.any(arrays["flipped"])),
+                     num_images=int(len(np.unique(arrays["source_index"])))) as w:
+        for start in range(0, n, rps):
+            sl = slice(start, start + rps)
+            w.write(encode_records(arrays["features"][sl], arrays["source_index"][sl], arrays["label"][sl],
+                                   arrays["caption"][sl], arrays["flipped"][sl]))
+        return w.close()
 
 
 def write_feature_dir(out_dir: str, meta: dict[str, Any], codebook_KxC: np.ndarray,
@@ -158,8 +208,8 @@ def write_feature_dir(out_dir: str, meta: dict[str, Any], codebook_KxC: np.ndarr
     """A whole feature directory from arrays: the shards of every split, `codebook.npy` and `meta.json` (`meta`
     needs at least code_shape, codebook_size, embed_dim, num_classes, class_names, dataset); returns the meta."""
     os.makedirs(out_dir, exist_ok=True)
-    np.save(os.path.join(out_dir, "codebook.npy"), np.asarray(codebook_KxC, np.float32))
-    meta = dict(meta, format=FORMAT, dtype="float16", codebook="codebook.npy",
+    save_codebook(out_dir, codebook_KxC)
+    meta = dict(meta, format=FORMAT, dtype="float16", codebook=CODEBOOK_FILE,
                 splits={s: write_split(out_dir, s, a, records_per_shard=records_per_shard) for s, a in splits.items()})
     meta.setdefault("q_tau", None)
     write_json_atomic(os.path.join(out_dir, "meta.json"), meta)

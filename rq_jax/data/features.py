@@ -93,7 +93,7 @@ class FeatureSource:
                 )
         paths = [f"{os.path.join(features_dir, s['file'])}[0:{int(s['num_records'])}]" for s in shards]
         self._source = grain.sources.ArrayRecordDataSource(paths) if paths else None
-        self.codebook = np.load(os.path.join(features_dir, self.meta.get("codebook", "codebook.npy")))
+        self.codebook = np.load(os.path.join(features_dir, self.meta.get("codebook", fmt.CODEBOOK_FILE)))
 
     def __len__(self) -> int:
         return self.num_records

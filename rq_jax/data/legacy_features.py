@@ -49,34 +49,22 @@ def rewrite_npz_dir(features_dir: str, *, records_per_shard: int | None = None) 
         for path in files:
             with np.load(path) as f:
                 sizes.append(int(f["labels"].shape[0]))
-        total = sum(sizes)
-        count = -(-total // rps)
-        shards, writer, k = [], None, 0
-        for path in files:  # one file in memory at a time
-            with np.load(path) as f:
-                arrays = {key: f[key] for key in ("features", "labels", "captions", "flipped")}
-                codebook = f["codebook"] if codebook is None else codebook
-            if tuple(arrays["features"].shape[1:]) != shape:
-                raise ValueError(f"{path} holds features of shape {arrays['features'].shape[1:]} but meta.json says "
-                                 f"{shape}; extract the features again.")
-            for i in range(len(arrays["labels"])):
-                if writer is None:
-                    writer = fmt.ShardWriter(os.path.join(features_dir, fmt.shard_name(split, k, count)))
-                writer.write(fmt.encode_records(arrays["features"][i:i + 1], np.array([-1]), arrays["labels"][i:i + 1],
-                                                arrays["captions"][i:i + 1], arrays["flipped"][i:i + 1]))
-                if writer.num_records == rps:
-                    writer.close()
-                    shards.append(dict(file=fmt.shard_name(split, k, count), num_records=writer.num_records))
-                    writer, k = None, k + 1
-        if writer is not None:
-            writer.close()
-            shards.append(dict(file=fmt.shard_name(split, k, count), num_records=writer.num_records))
-        splits[split] = dict(num_records=total, num_images=None, flips=bool(meta.get("flips")) and split == "train",
-                             shards=shards)
-    tmp = os.path.join(features_dir, f"codebook.tmp-{os.getpid()}.npy")
-    np.save(tmp, np.asarray(codebook, np.float32))
-    os.replace(tmp, os.path.join(features_dir, "codebook.npy"))
-    meta.update(format=fmt.FORMAT, dtype="float16", codebook="codebook.npy", splits=splits,
+        flips = bool(meta.get("flips")) and split == "train"
+        with fmt.SplitWriter(features_dir, split, sum(sizes), rps, flips=flips) as writer:
+            for path in files:  # one file in memory at a time
+                with np.load(path) as f:
+                    arrays = {key: f[key] for key in ("features", "labels", "captions", "flipped")}
+                    codebook = f["codebook"] if codebook is None else codebook
+                if tuple(arrays["features"].shape[1:]) != shape:
+                    raise ValueError(f"{path} holds features of shape {arrays['features'].shape[1:]} but meta.json "
+                                     f"says {shape}; extract the features again.")
+                for i in range(0, len(arrays["labels"]), 4096):
+                    part = {key: v[i:i + 4096] for key, v in arrays.items()}
+                    writer.write(fmt.encode_records(part["features"], np.full(len(part["labels"]), -1),
+                                                    part["labels"], part["captions"], part["flipped"]))
+            splits[split] = writer.close()
+    fmt.save_codebook(features_dir, codebook)
+    meta.update(format=fmt.FORMAT, dtype="float16", codebook=fmt.CODEBOOK_FILE, splits=splits,
                 rewritten_from=[os.path.basename(p) for files in by_split.values() for p in files])
     fmt.write_json_atomic(meta_path, meta)
     return meta

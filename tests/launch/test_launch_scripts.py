@@ -49,8 +49,8 @@ def ok(result):
 
 def test_scripts_exist_and_are_executable():
     names = {str(p.relative_to(LAUNCH)) for p in SCRIPTS}
-    assert {"local.sh", "tpu/create.sh", "tpu/setup.sh", "tpu/run.sh", "tpu/logs.sh", "tpu/delete.sh",
-            "gpu/slurm.sbatch", "gpu/submit.sh"} <= names
+    assert {"local.sh", "tpu/create.sh", "tpu/setup.sh", "tpu/run.sh", "tpu/extract.sh", "tpu/logs.sh",
+            "tpu/delete.sh", "gpu/slurm.sbatch", "gpu/submit.sh"} <= names
     for p in ENTRY_POINTS:
         assert os.access(p, os.X_OK), f"{p} is not executable"
         lines = p.read_text().splitlines()
@@ -112,6 +112,17 @@ def test_tpu_run_dry_run(fake_bin):
     assert result.returncode == 0 and "not a gs:// path" in result.stderr
 
 
+def test_tpu_extract_dry_run(fake_bin):
+    out = ok(run("tpu/extract.sh", "gs://bucket/rqvae", "/mnt/features", "--batch_size=128", env=TPU,
+                 fake_bin=fake_bin))
+    assert "+ gcloud compute tpus tpu-vm ssh rq-v4-32 --worker=all --command" in out
+    assert ("nohup python3 -m rq_jax.extract --rqvae gs://bucket/rqvae --out /mnt/features --batch_size=128 >> "
+            "logs/extract.log") in out
+    result = run("tpu/extract.sh", "gs://bucket/rqvae", "gs://bucket/features", env=TPU, fake_bin=fake_bin)
+    assert result.returncode == 1 and "cannot be written to gs://" in result.stderr and "+ " not in result.stdout
+    assert "logs/extract.log" in ok(run("tpu/logs.sh", env={**TPU, "LOG": "extract"}, fake_bin=fake_bin))
+
+
 def test_tpu_logs_and_delete_dry_run(fake_bin):
     out = ok(run("tpu/logs.sh", env=TPU, fake_bin=fake_bin))
     assert "tpu-vm ssh rq-v4-32 --worker=0 --command 'tail -n 100 -F rq_jax/logs/train.log'" in out
@@ -131,6 +142,15 @@ def test_slurm_dry_run(fake_bin):
     out = ok(run("gpu/slurm.sbatch", "--config.train.batch_size=8", env=env, fake_bin=fake_bin))  # no scontrol
     assert f"+ srun --kill-on-bad-exit=1 {TRAIN} /shared/runs/demo --config.train.batch_size=8" in out
     assert "2 processes on 2 node(s)" in out and "coordinator node1:" in out and "local devices 0" in out
+
+
+def test_slurm_extract_dry_run(fake_bin):
+    env = {**SLURM, "ENTRY": "extract"}
+    out = ok(run("gpu/slurm.sbatch", "--rqvae", "/shared/rqvae", "--out", "/shared/features", env=env,
+                 fake_bin=fake_bin))
+    assert "+ srun --kill-on-bad-exit=1 python3 -m rq_jax.extract --rqvae /shared/rqvae --out /shared/features" in out
+    bad = run("gpu/slurm.sbatch", env={**SLURM, "ENTRY": "sample"}, fake_bin=fake_bin)
+    assert bad.returncode == 1 and "ENTRY must be train or extract" in bad.stderr
 
 
 def test_slurm_coordinator_from_scontrol(fake_bin):
