@@ -125,7 +125,7 @@ def plan_stage2(workdir: str, rqvae: str | None = None) -> Stage2Plan:
     meta: dict = {}
     features_dir = config.get("data", {}).get("features_dir", "")
     if features_dir and os.path.exists(os.path.join(features_dir, "meta.json")):
-        meta = load_meta(features_dir)
+        meta = load_meta(features_dir, require_shards=False)  # an old-format directory still names its run
     rqvae_dir = rqvae or config.get("rqvae_workdir") or meta.get("rqvae_workdir")
     if not rqvae_dir:
         raise FileNotFoundError(f"The stage-2 run {workdir} names no stage-1 run; pass it with --rqvae.")

@@ -32,8 +32,9 @@ def legacy_npz_files(features_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(features_dir, "*.npz")))
 
 
-def load_meta(features_dir: str) -> dict[str, Any]:
-    """`meta.json` of a feature directory; one-sentence errors for a missing one and for the old format."""
+def load_meta(features_dir: str, *, require_shards: bool = True) -> dict[str, Any]:
+    """`meta.json` of a feature directory; one-sentence errors for a missing one and, unless `require_shards`
+    is False (what a sampler reads of it: classes, the stage-1 run), for the old `.npz` format."""
     if not features_dir:
         raise FileNotFoundError(
             f"config.data.features_dir is not set: extract the stage-2 features with {EXTRACT_HINT} and pass "
@@ -49,7 +50,7 @@ def load_meta(features_dir: str) -> dict[str, Any]:
         )
     with open(path) as f:
         meta = json.load(f)
-    if meta.get("format") != fmt.FORMAT:
+    if require_shards and meta.get("format") != fmt.FORMAT:
         raise legacy_error(features_dir)
     return meta
 

@@ -397,7 +397,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    for _, b in zip(range(tc.eval_batches), val_iter, strict=False)]
     total = tc.num_steps if tc.num_steps > 0 else int(round(tc.num_epochs * max(len(src) // tc.batch_size, 1)))
     codebook = jax.device_put(jnp.asarray(src.codebook), repl)  # on the mesh, as the params
-    metrics.log_line(f"data: {len(src)} training feature maps ({meta.get("dataset", "?")}), {total} steps")
+    metrics.log_line(f"data: {len(src)} training feature maps ({meta.get('dataset', '?')}), {total} steps")
     text_table = jax.device_put(jnp.asarray(build_text_table(config, workdir) if config.model.cond == "text"
                                             else np.zeros((1, 1), np.int32)), repl)
     set_temperature(config, src, workdir)

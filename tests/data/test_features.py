@@ -96,6 +96,7 @@ def test_old_npz_format_gets_one_sentence_then_rewrites(tmp_path, parts):
         FeatureSource(str(d), "train")
     message = str(e.value)
     assert "\n" not in message and f"python -m rq_jax.extract --rewrite {d}" in message
+    assert load_meta(str(d), require_shards=False)["class_names"] == META["class_names"]  # what `sample` reads
     meta = rewrite_npz_dir(str(d), records_per_shard=5)
     assert meta["splits"]["train"]["num_records"] == 12 and len(meta["splits"]["train"]["shards"]) == 3
     got = FeatureSource(str(d), "train").read(np.arange(12))
