@@ -38,13 +38,12 @@ from jax.sharding import PartitionSpec as P
 from rq_jax.data import feature_format as fmt
 from rq_jax.data.pipeline import build_image_pipeline
 from rq_jax.metrics import format_seconds
-from rq_jax.quantizer import calibrate_temperature, q_tau_stats, sample_vectors
+from rq_jax.quantizer import calibrate_temperature, max_sample_vectors, q_tau_stats, sample_vectors
 
 DEFAULT_TAUS = (0.5, 0.1, 0.02)
 DEFAULT_TARGETS = (1.0,)
 PLAN_FILE = "extract_plan.json"
-TABLE_RECORDS = 4096  # the Q_tau table's vectors are drawn from at most this many random training records
-TABLE_ELEMENTS = 1 << 23  # ... at most this many / K of them (as quantizer.sample_vectors)
+TABLE_RECORDS = 4096  # the Q_tau table's vectors (quantizer.max_sample_vectors) come from at most this many records
 
 
 def soft_label_table(features: np.ndarray, codebook_KxC: np.ndarray, depth: int, *,
@@ -162,10 +161,10 @@ class _Progress:
                   f"ETA {format_seconds((self.total - self.done) / max(rate, 1e-9))}", flush=True)
 
 
-def _shard_images(plan_split: dict, k: int) -> int:
-    """The number of source images of shard k."""
+def _shard_images(plan_split: dict, k: int) -> range:
+    """The split indices of the images of shard k."""
     per, n = int(plan_split["images_per_shard"]), int(plan_split["num_images"])
-    return min((k + 1) * per, n) - k * per
+    return range(k * per, min((k + 1) * per, n))
 
 
 def _my_shards(plan_split: dict) -> list[int]:
@@ -176,13 +175,13 @@ def _my_shards(plan_split: dict) -> list[int]:
 def _write_shard(encode, data_config, out_dir: str, split: str, k: int, plan_split: dict, batch_size: int,
                  progress: _Progress) -> None:
     """Encodes the images of shard k (and their flips) and writes them, batch by batch, to the shard."""
-    per, n, count = int(plan_split["images_per_shard"]), int(plan_split["num_images"]), plan_split["num_shards"]
-    path = os.path.join(out_dir, fmt.shard_name(split, k, count))
+    path = os.path.join(out_dir, fmt.shard_name(split, k, plan_split["num_shards"]))
+    images = _shard_images(plan_split, k)
     for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a killed run
         os.remove(stale)
     it, _ = build_image_pipeline(data_config, split=split, batch_size=batch_size, shuffle=False, repeat=False,
                                  augment=False, drop_remainder=False, process_index=0, process_count=1,
-                                 subset=slice(k * per, min((k + 1) * per, n)))
+                                 subset=slice(images.start, images.stop))
     writer = fmt.ShardWriter(path)
     try:
         for batch in it:
@@ -237,8 +236,9 @@ def extract(rqvae_workdir: str, out_dir: str, *, batch_size: int = 64, flips: bo
     encode, padded = _encoder(model, batch_size)
     for split, ps in plan["splits"].items():
         mine = _my_shards(ps)
-        done = [k for k in mine if os.path.exists(os.path.join(out_dir, fmt.shard_name(split, k, ps["num_shards"])))]
-        progress = _Progress(split, sum(_shard_images(ps, k) for k in mine), sum(_shard_images(ps, k) for k in done))
+        done = {k for k in mine if os.path.exists(os.path.join(out_dir, fmt.shard_name(split, k, ps["num_shards"])))}
+        progress = _Progress(split, sum(len(_shard_images(ps, k)) for k in mine),
+                             sum(len(_shard_images(ps, k)) for k in done))
         if done and first:
             print(f"{split}: {len(done)} of this process's {len(mine)} shards are complete; resuming", flush=True)
         for k in mine:
@@ -286,10 +286,9 @@ def _finish_meta(rqvae_workdir: str, out_dir: str, config, step: int, plan: dict
                 dataset=info.dataset, dtype="float16", codebook=fmt.CODEBOOK_FILE, splits=split_meta, q_tau=None,
                 plan=plan)
     if split_meta.get("train", {}).get("num_records"):
-        codebook = np.load(os.path.join(out_dir, fmt.CODEBOOK_FILE))
-        features = FeatureSource(out_dir, "train", meta=meta).sample_vectors(
-            max(1, TABLE_ELEMENTS // len(codebook)), max_records=TABLE_RECORDS)
-        meta["q_tau"] = soft_label_table(features, codebook, int(config.model.code_shape[2]), taus=taus,
+        src = FeatureSource(out_dir, "train", meta=meta)
+        features = src.sample_vectors(max_sample_vectors(len(src.codebook)), max_records=TABLE_RECORDS)
+        meta["q_tau"] = soft_label_table(features, src.codebook, int(config.model.code_shape[2]), taus=taus,
                                          entropy_targets=entropy_targets)
         print(format_soft_label_table(meta["q_tau"]), flush=True)
     return meta

@@ -23,9 +23,5 @@ if [[ "$OUT" == gs://* ]]; then
   die "OUT_DIR=$OUT: ArrayRecord shards cannot be written to gs:// directly; mount the bucket (gcsfuse) or use NFS."
 fi
 
-printf -v cmd '%q ' "$REMOTE_PYTHON" -m rq_jax.extract --rqvae "$RQVAE" --out "$OUT" "$@"
-printf -v dir '%q' "$REMOTE_DIR"
-remote="cd $dir && mkdir -p logs && nohup ${cmd% } >> logs/extract.log 2>&1 < /dev/null &"
-
 echo "Extracting features of $RQVAE -> $OUT on all workers of $TPU_NAME (logs: ~/$REMOTE_DIR/logs/extract.log)"
-tpu_vm ssh "$TPU_NAME" --worker=all --command "$remote"
+start_on_all_workers extract "$REMOTE_PYTHON" -m rq_jax.extract --rqvae "$RQVAE" --out "$OUT" "$@"

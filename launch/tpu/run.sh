@@ -21,9 +21,5 @@ if [[ "$WORKDIR" != gs://* ]]; then
   warn "WORKDIR=$WORKDIR is not a gs:// path: on a multi-host slice all workers must share one checkpoint directory."
 fi
 
-printf -v train '%q ' "$REMOTE_PYTHON" -m rq_jax.train --config "$CONFIG" --workdir "$WORKDIR" "$@"
-printf -v dir '%q' "$REMOTE_DIR"
-remote="cd $dir && mkdir -p logs && nohup ${train% } >> logs/train.log 2>&1 < /dev/null &"
-
 echo "Starting $CONFIG -> $WORKDIR on all workers of $TPU_NAME (logs: ~/$REMOTE_DIR/logs/train.log, launch/tpu/logs.sh)"
-tpu_vm ssh "$TPU_NAME" --worker=all --command "$remote"
+start_on_all_workers train "$REMOTE_PYTHON" -m rq_jax.train --config "$CONFIG" --workdir "$WORKDIR" "$@"

@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from rq_jax.data import feature_format as fmt
-from rq_jax.data.features import legacy_npz_files
+from rq_jax.data.features import feature_shape, legacy_npz_files
 
 _NPZ_RE = re.compile(r"^(?P<split>[^.]+)(\.(?P<i>\d+)-of-(?P<n>\d+))?\.npz$")
 
@@ -41,7 +41,7 @@ def rewrite_npz_dir(features_dir: str, *, records_per_shard: int | None = None) 
         meta = json.load(f)
     if meta.get("format") == fmt.FORMAT:
         return meta
-    shape = (int(meta["code_shape"][0]), int(meta["code_shape"][1]), int(meta["embed_dim"]))
+    shape = feature_shape(meta)
     rps = int(records_per_shard or fmt.default_records_per_shard(shape))
     splits, codebook = {}, None
     for split, files in by_split.items():

@@ -2,6 +2,7 @@
 
 from rq_jax.quantizer.calibrate import (
     calibrate_temperature,
+    max_sample_vectors,
     parse_auto,
     q_tau_stats,
     sample_vectors,
@@ -46,6 +47,7 @@ __all__ = [
     "RQOutput",
     "SoftCE",
     "calibrate_temperature",
+    "max_sample_vectors",
     "cluster_statistics",
     "codebook_usage",
     "commitment_loss",

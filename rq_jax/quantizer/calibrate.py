@@ -161,12 +161,21 @@ def uniform_targets_warning(entropy_bits: list[float], codebook_size: int) -> st
             "depth, or set it to 'auto:1.0' (README, 'Soft labels').")
 
 
-def sample_vectors(z: np.ndarray, codebook_size: int, *, max_elements: int = 1 << 23, seed: int = 0) -> np.ndarray:
-    """A fixed random subset of the feature vectors of z [..., C], at most `max_elements` / K of them (so the
-    N x K distance matrix stays small: 2^23 elements are 65,536 vectors at K = 128, whose mean entropy is
-    within ~0.01 bits of the whole set's, and a calibration takes seconds on a CPU)."""
+SAMPLE_ELEMENTS = 1 << 23
+
+
+def max_sample_vectors(codebook_size: int, max_elements: int = SAMPLE_ELEMENTS) -> int:
+    """How many feature vectors the Q_tau statistics use at most: `max_elements` / K (so the N x K distance
+    matrix stays small: 2^23 elements are 65,536 vectors at K = 128, whose mean entropy is within ~0.01 bits
+    of the whole set's, and a calibration takes seconds on a CPU)."""
+    return max(max_elements // max(codebook_size, 1), 1)
+
+
+def sample_vectors(z: np.ndarray, codebook_size: int, *, max_elements: int = SAMPLE_ELEMENTS,
+                   seed: int = 0) -> np.ndarray:
+    """A fixed random subset of the feature vectors of z [..., C], at most `max_sample_vectors(K)` of them."""
     flat = np.asarray(z).reshape(-1, z.shape[-1])
-    n = max(min(len(flat), max_elements // max(codebook_size, 1)), 1)
+    n = min(len(flat), max_sample_vectors(codebook_size, max_elements))
     if n >= len(flat):
         return flat.astype(np.float32)
     idx = np.sort(np.random.default_rng(seed).choice(len(flat), n, replace=False))

@@ -23,6 +23,7 @@ from rq_jax import metrics
 from rq_jax.quantizer import (
     SoftCE,
     calibrate_temperature,
+    max_sample_vectors,
     one_hot_cross_entropy,
     parse_auto,
     per_depth_temperature,
@@ -129,7 +130,7 @@ def set_temperature(config: ml_collections.ConfigDict, src: Any, workdir: str) -
     """Resolves tau per depth, reports the soft labels, and writes the numbers into the config: a resumed run
     (config.json) and the jitted step use them."""
     codebook_KxC = np.asarray(src.codebook, np.float32)
-    features = src.sample_vectors(max(1, (1 << 23) // len(codebook_KxC)), seed=config.seed)  # bounded sample
+    features = src.sample_vectors(max_sample_vectors(len(codebook_KxC)), seed=config.seed)  # bounded sample
     taus, how = resolve_temperature(config, features, codebook_KxC, workdir)
     report_soft_labels(config, taus, how, features, codebook_KxC, workdir)
     with config.ignore_type():
