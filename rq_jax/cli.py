@@ -125,6 +125,35 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
             jax.distributed.initialize()
 
 
-def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
+def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None, *,
+        compilation_cache: bool = True) -> None:
     """`guard(main, argv)`, then exits with main's return code (0 for None): a module's `__main__`."""
-    sys.exit(int(guard(main, argv) or 0))
+    sys.exit(int(guard(main, argv, compilation_cache=compilation_cache) or 0))
+
+
+def config_error(error: BaseException, argv: list[str]) -> str:
+    """One sentence for a config that could not be loaded: the root cause's last line (ml_collections wraps
+    the config file's own error in several layers), or the override naming a key the config lacks."""
+    root = error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    if isinstance(root, (AttributeError, KeyError)):  # ml_collections: an override names a key the config lacks
+        key = one_line(root).strip("\"'")
+        given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
+        where = f" ({given[0]})" if given else ""
+        return f"the config has no key {key!r}{where}; check its spelling against the config file."
+    lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(root).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors (a missing or broken config file, a misspelt override key)."""
+    try:
+        from absl import flags
+
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - parsing runs the config file: any failure is a config error
+        if debug_requested(argv[1:]):
+            raise
+        print(f"error: {config_error(e, argv)}", file=sys.stderr)
+        sys.exit(2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +138,12 @@ def _sample_impl(graphdef, state, codebook_KxC, cond, rng, *, batch: int, cfg: S
 _sample_jit = jax.jit(_sample_impl, static_argnums=(0,), static_argnames=("batch", "cfg"))
 
 
+def jit_sampler(graphdef: Any, *, batch: int, cfg: SamplingConfig = SamplingConfig()) -> Callable[..., jax.Array]:
+    """The sampler of a model of structure `graphdef` as a jitted `fn(state, codebook_KxC, cond, rng)`:
+    `.trace(...)` / `.lower(...)` it for abstract inputs (`rq_jax.compile_check` compiles it for a TPU slice)."""
+    return jax.jit(functools.partial(_sample_impl, graphdef, batch=batch, cfg=cfg))
+
+
 def _sample_model(model: RQTransformer, codebook_KxC, cond, rng, *, batch: int, cfg: SamplingConfig):
     return _sample_impl(*nnx.split(model), codebook_KxC, cond, rng, batch=batch, cfg=cfg)
 
@@ -196,4 +203,5 @@ def parse_per_depth(value: str, cast) -> float | tuple:
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-__all__: Sequence[str] = ("SamplingConfig", "compile_sampler", "filter_logits", "parse_per_depth", "sample_codes")
+__all__: Sequence[str] = ("SamplingConfig", "compile_sampler", "filter_logits", "jit_sampler", "parse_per_depth",
+                          "sample_codes")

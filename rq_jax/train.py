@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
     except Exception as e:  # noqa: BLE001 - loading runs the config file: any failure is a config error
         if cli.debug_requested(sys.argv[1:]):
             raise
-        print(f"error: {config_error(e, sys.argv)}", file=sys.stderr)
+        print(f"error: {cli.config_error(e, sys.argv)}", file=sys.stderr)
         sys.exit(2)
     if config is None or not _WORKDIR.value:
         print("error: usage: python -m rq_jax.train --config configs/rqvae/demo.py --workdir /tmp/rqvae_demo",
@@ -86,32 +86,6 @@ def main(argv: list[str]) -> None:
     cli.guard(lambda _: train(config, _WORKDIR.value), sys.argv[1:], compilation_cache=jax.process_count() == 1)
 
 
-def config_error(error: BaseException, argv: list[str]) -> str:
-    """One sentence for a config that could not be loaded: the root cause's last line (ml_collections wraps
-    the config file's own error in several layers), or the override naming a key the config lacks."""
-    root = error
-    while root.__cause__ is not None or root.__context__ is not None:
-        root = root.__cause__ or root.__context__
-    if isinstance(root, (AttributeError, KeyError)):  # ml_collections: an override names a key the config lacks
-        key = cli.one_line(root).strip("\"'")
-        given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
-        where = f" ({given[0]})" if given else ""
-        return f"the config has no key {key!r}{where}; check its spelling against the config file."
-    lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(root).__name__
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors (a missing or broken config file, a misspelt override key)."""
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # noqa: BLE001 - parsing runs the config file: any failure is a config error
-        if cli.debug_requested(argv[1:]):
-            raise
-        print(f"error: {config_error(e, argv)}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
     cli.preload_allocator()  # first, before any thread exists (rq_jax/allocator.py says why)
     # configs/transformer/*.py import their stage-1 config (`from configs.rqvae import ...`): the folder holding
@@ -119,4 +93,4 @@ if __name__ == "__main__":
     from rq_jax.config_lib import add_config_root_from_argv
 
     add_config_root_from_argv(sys.argv)
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

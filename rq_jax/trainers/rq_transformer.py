@@ -288,6 +288,21 @@ def process_local_copy(tree: Any) -> Any:
     return jax.tree.unflatten(treedef, leaves)
 
 
+MAX_GRID_CLASSES = 16
+
+
+def grid_rows(config: ml_collections.ConfigDict, num_classes: int, num_captions: int) -> np.ndarray:
+    """The rows of the sample grid: class ids (all up to 16 classes, else 16 spread over the range: ImageNet's
+    1,000 x `sample.num` images would not fit one device), caption indices (4 spread over the captions), or
+    [0] (unconditional)."""
+    if config.model.cond == "class":
+        k = max(num_classes, 1)
+        return np.unique(np.linspace(0, k - 1, num=min(k, MAX_GRID_CLASSES)).astype(int))
+    if config.model.cond == "text":
+        return np.linspace(0, num_captions - 1, num=min(4, num_captions)).astype(int)
+    return np.zeros((1,), int)
+
+
 def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray:
     """[rows, H, W, 3] images: one row per class, per caption (text) or one unconditional row.
 
@@ -301,9 +316,9 @@ def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, tex
     `python -m rq_jax.sample` does."""
     n = int(config.sample.num)
     if config.model.cond == "class":
-        cond = jnp.asarray(np.repeat(np.arange(max(num_classes, 1)), n), jnp.int32)
+        cond = jnp.asarray(np.repeat(grid_rows(config, num_classes, 0), n), jnp.int32)
     elif config.model.cond == "text":
-        rows = np.linspace(0, len(text_table) - 2, num=min(4, len(text_table) - 1)).astype(int)
+        rows = grid_rows(config, 0, len(text_table) - 1)
         cond = jnp.asarray(np.repeat(np.asarray(text_table)[rows], n, axis=0))
     else:
         cond = None

@@ -47,10 +47,11 @@ __all__ = [
 
 
 def resolve_impl(impl: str, backend: str | None = None) -> str:
-    """Maps "auto"/"pallas" to a concrete implementation for `backend` (default: JAX's default)."""
+    """Maps "auto"/"pallas" to a concrete implementation for `backend` (default: the current mesh's platform,
+    else JAX's default backend)."""
     if impl not in IMPLS:
         raise ValueError(f"Unknown nearest_code impl {impl!r}; choose one of {', '.join(IMPLS)}.")
-    backend = backend or jax.default_backend()
+    backend = backend or mesh_platform() or jax.default_backend()
     if impl in ("auto", "pallas"):
         if backend == "gpu" or backend == "cuda":
             return "pallas_gpu"
@@ -63,6 +64,14 @@ def resolve_impl(impl: str, backend: str | None = None) -> str:
             )
         return "xla"
     return impl
+
+
+def mesh_platform() -> str | None:
+    """The platform of the current mesh's devices (`jax.set_mesh`), e.g. "tpu" while compiling for a TPU
+    topology on a CPU machine (`rq_jax.compile_check`); None outside a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return getattr(device, "platform", None)
 
 
 def nearest_code(
