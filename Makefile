@@ -13,6 +13,10 @@ $(STAMP): setup.py
 	# torch only for the converter tests; the pinned CPU build avoids a multi-GB CUDA download
 	$(BIN)/pip install -q 'torch==2.13.0' || echo "torch not installed: converter tests will be skipped"
 	$(BIN)/pip install -q -e '.[test,convert]'
+	# libtpu, the TPU compiler (213 MB download, 684 MB installed; no TPU needed), beside the venv rather than in it:
+	# tests/aot compile for TPU slices with it on PYTHONPATH, and CPU runs never start a TPU backend. jax[tpu]'s pin.
+	$(BIN)/pip install -q --no-deps --target $(VENV)/libtpu 'libtpu==0.0.42.*' || \
+	  echo "libtpu not installed: the TPU compile tests will be skipped"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -34,17 +34,21 @@ _SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 0, "Images per sampler call
 _TEXT_ROWS = flags.DEFINE_integer("text_rows", 3_318_333, "Captions in a text-conditioned run's token table "
                                   "(default: CC-3M's training captions).")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+_HLO_DIR = flags.DEFINE_string("hlo_dir", None, "Write each compiled program's HLO text here (<program>.hlo.txt).")
 flags.DEFINE_bool("debug", False, "Show tracebacks of errors (also RQ_JAX_DEBUG=1).")
 
 
+def slice_axes(config, num_slices: int) -> dict[str, int]:
+    """Slices per mesh axis: `config.mesh.dcn_shape`, or (unset, several slices) the data axis across them."""
+    dcn = {k: int(v) for k, v in dict(config.mesh.get("dcn_shape", None) or {}).items() if int(v) != 1}
+    return dcn or ({"data": num_slices} if num_slices > 1 else {})
+
+
 def build_mesh(config, devices: list, num_slices: int):
-    """The run's mesh (`config.mesh`) over compile-only devices; several slices: dcn_shape from the config, or
-    the data axis across the slices."""
+    """The run's mesh (`config.mesh`) over compile-only devices, slices laid out by `slice_axes`."""
     from rq_jax import sharding
 
-    dcn = {k: int(v) for k, v in dict(config.mesh.get("dcn_shape", None) or {}).items() if int(v) != 1}
-    if num_slices > 1 and not dcn:
-        dcn = {"data": num_slices}
+    dcn = slice_axes(config, num_slices)
     try:
         return sharding.mesh_from_config(dict(config.mesh.shape), devices=devices, dcn_shape=dcn or None)
     except ValueError as e:
@@ -52,11 +56,13 @@ def build_mesh(config, devices: list, num_slices: int):
 
 
 def check(config, topology: str, *, num_slices: int = 1, programs: tuple[str, ...] = PROGRAMS,
-          sample_batch: int = 0, text_rows: int = 3_318_333, out=sys.stdout) -> tuple[list, list[str]]:
+          sample_batch: int = 0, text_rows: int = 3_318_333, hlo_dir: str | None = None,
+          out=sys.stdout) -> tuple[list, list[str]]:
     """Compiles `programs` of `config` for the slice; prints the table to `out`; returns (reports, errors)."""
     import jax
 
-    from rq_jax.aot import report, topology as topo
+    from rq_jax.aot import report
+    from rq_jax.aot import topology as topo
     from rq_jax.trainers import programs as progs
 
     try:
@@ -72,7 +78,8 @@ def check(config, topology: str, *, num_slices: int = 1, programs: tuple[str, ..
     devices = topo.compile_only_devices(tpu)
     mesh = build_mesh(config, devices, num_slices)
     chip = tpu.chip
-    print(f"{stage} on {tpu}, mesh {dict(mesh.shape)}; jax {jax.__version__}, libtpu {topo.libtpu_version()}; "
+    across = f", slices per axis {slice_axes(config, num_slices)}" if num_slices > 1 else ""
+    print(f"{stage} on {tpu}, mesh {dict(mesh.shape)}{across}; jax {jax.__version__}, libtpu {topo.libtpu_version()}; "
           f"compiled, not run", file=out)
     print(f"{chip.name} per chip: {chip.peak_flops / 1e12:.0f} TFLOP/s bf16, {chip.hbm_bandwidth / 1e9:.0f} GB/s, "
           f"{chip.hbm_bytes / topo.GiB:.0f} GiB HBM", file=out, flush=True)
@@ -86,14 +93,15 @@ def check(config, topology: str, *, num_slices: int = 1, programs: tuple[str, ..
         if names[program.name] not in programs:
             continue
         try:
-            r = report.analyse(program, chip)
+            r = report.analyse(program, chip, hlo_dir=hlo_dir)
         except report.CompileFailed as e:
             errors.append(f"{e} ({program.note}, {tpu.accelerator_type}).")
             continue
         reports.append(r)
         if not r.fits:
             errors.append(f"the {r.program} does not fit: it needs {r.total / topo.GiB:.1f} GiB per device and a "
-                          f"{chip.name} chip has {chip.hbm_bytes / topo.GiB:.0f} GiB ({r.note}, {tpu.accelerator_type}).")
+                          f"{chip.name} chip has {chip.hbm_bytes / topo.GiB:.0f} GiB ({r.note}, "
+                          f"{tpu.accelerator_type}).")
     if reports:
         print(report.table(reports), file=out, flush=True)
     return reports, errors
@@ -107,7 +115,7 @@ def main(argv: list[str]) -> int:
                              "--topology v5e-64")
     logging.set_verbosity(logging.ERROR)
     reports, errors = check(config, _TOPOLOGY.value, num_slices=_NUM_SLICES.value, programs=tuple(_PROGRAMS.value),
-                            sample_batch=_SAMPLE_BATCH.value, text_rows=_TEXT_ROWS.value)
+                            sample_batch=_SAMPLE_BATCH.value, text_rows=_TEXT_ROWS.value, hlo_dir=_HLO_DIR.value)
     if _JSON.value:
         import json
 

@@ -17,7 +17,7 @@ PACKAGE = REPO / "rq_jax"
 PRIVATE_ALLOWED: set[tuple[str, str, str]] = set()
 # Files outside rq_jax/train.py that may import the trainers: benchmarks of the real train steps, and the one
 # that writes runs laid out exactly as the trainers save them (sample_startup).
-TRAINER_IMPORT_ALLOWED = {"rq_jax/train.py", "benchmarks/train_memory.py", "benchmarks/device_check.py",
+TRAINER_IMPORT_ALLOWED = {"rq_jax/train.py", "rq_jax/compile_check.py", "benchmarks/train_memory.py", "benchmarks/device_check.py",
                           "benchmarks/sample_startup.py", "benchmarks/data_throughput.py"}
 
 

@@ -94,7 +94,7 @@ def jaxpr_cost(jaxpr: Any) -> Cost:
             branches = [jaxpr_cost(b) for b in eqn.params["branches"]]
             total.add(max(branches, key=lambda c: c.flops))
         elif name == "shard_map":
-            mesh, axes = eqn.params["mesh"], eqn.params.get("manual_axes", eqn.params.get("axis_names", ()))
+            mesh, axes = eqn.params["mesh"], eqn.params.get("newly_manual_axes", ())
             shards = math.prod(dict(mesh.shape)[a] for a in axes)
             total.add(jaxpr_cost(eqn.params["jaxpr"]), shards)
         elif name == "pallas_call":

@@ -10,6 +10,7 @@ reach (hardware FLOPs: with remat the recomputation counts). Communication is no
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import jax
 
 from rq_jax.aot.cost import jaxpr_cost
-from rq_jax.aot.topology import GiB, Chip
+from rq_jax.aot.topology import Chip, GiB
 
 
 class CompileFailed(RuntimeError):
@@ -69,21 +70,26 @@ class Report:
         return d
 
 
-_OOM = re.compile(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) (\w+)")
+# libtpu's two out-of-memory phrasings: "Used 20.5G of 15.48G hbm." and "the total memory required for HLO
+# temporaries (255.63G) exceeds available HBM (15.75G)".
+_OOM = (re.compile(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", re.I),
+        re.compile(r"\(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)", re.I))
 
 
 def _compile_error(name: str, error: Exception) -> CompileFailed:
     text = str(error)
-    m = _OOM.search(text)
-    if m:
-        return CompileFailed(f"the {name} does not fit: the compiler needs {m.group(1)}B of {m.group(3).upper()} "
-                             f"per device and the chip has {m.group(2)}B")
+    for pattern in _OOM:
+        m = pattern.search(text)
+        if m:
+            return CompileFailed(f"the {name} does not fit: the compiler needs {m.group(1)}B of HBM per device and "
+                                 f"{m.group(2)}B are available")
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(error).__name__)
     return CompileFailed(f"the {name} does not compile: {first[:300]}")
 
 
-def analyse(program: Any, chip: Chip) -> Report:
-    """Traces, lowers and compiles `program` (`rq_jax.trainers.programs.Program`) under its mesh."""
+def analyse(program: Any, chip: Chip, hlo_dir: str | None = None) -> Report:
+    """Traces, lowers and compiles `program` (`rq_jax.trainers.programs.Program`) under its mesh; with `hlo_dir`,
+    writes the compiled HLO text there as `<program name>.hlo.txt`."""
     t0 = time.perf_counter()
     with jax.set_mesh(program.mesh):
         traced = program.jitted.trace(*program.args)
@@ -92,6 +98,10 @@ def analyse(program: Any, chip: Chip) -> Report:
             compiled = traced.lower().compile()
         except Exception as e:  # noqa: BLE001 - XLA reports every rejection as a runtime error
             raise _compile_error(program.name, e) from e
+    if hlo_dir:
+        os.makedirs(hlo_dir, exist_ok=True)
+        with open(os.path.join(hlo_dir, program.name.replace(" ", "_") + ".hlo.txt"), "w") as f:
+            f.write(compiled.as_text())
     mem = compiled.memory_analysis()
     n = program.mesh.size
     flops, nbytes = cost.flops / n, cost.bytes / n
@@ -115,8 +125,8 @@ def _time(s: float) -> str:
     return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
 
-HEADER = ("program", "memory/device (args + out - aliased + temp)", "of HBM", "fits", "FLOPs/device", "HBM bytes/device",
-          "roofline", "bound", "best FLOP util.")
+HEADER = ("program", "memory/device (args + out - aliased + temp)", "of HBM", "fits", "FLOPs/device",
+          "HBM bytes/device", "roofline", "bound", "best FLOP util.")
 
 
 def table(reports: list[Report]) -> str:

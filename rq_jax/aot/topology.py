@@ -140,7 +140,8 @@ def compile_only_devices(tpu: Slice) -> list:
     """The devices of `tpu` (compile only: programs over them compile with libtpu and never run).
 
     Sets TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES if unset, which libtpu otherwise warns about on a
-    machine without TPUs. Raises TopologyError with the install command when libtpu is missing.
+    machine without TPUs, and ALLOW_MULTIPLE_LIBTPU_LOAD. Raises TopologyError with the install command when
+    libtpu is missing.
     """
     if libtpu_version() is None:
         import jax
@@ -149,6 +150,9 @@ def compile_only_devices(tpu: Slice) -> list:
                             "(about 700 MB; no TPU needed).")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", tpu.accelerator_type)
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # Compile-only devices open no chip: several compiling processes (or a training job on this TPU VM, whose
+    # chips libtpu's lockfile guards) can coexist.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     import jax
     from jax.experimental import topologies
 

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from rq_jax import sharding
 from rq_jax.sampling import jit_sampler
@@ -101,8 +100,9 @@ def stage2(config: ml_collections.ConfigDict, mesh: Mesh, *, text_rows: int = CC
                 "label": _sds((n,), jnp.int32, sh), "caption": _sds((n,), jnp.int32, sh)}
 
     micro = int(tc.get("microbatches", 1))
-    train = Program("train step", t2.jit_train_step(config, mesh, setup), (setup.abstract, batch(bs, bsh), codebook, text),
-                    mesh, f"batch {bs}" + (f", {micro} microbatches" if micro > 1 else ""))
+    train = Program("train step", t2.jit_train_step(config, mesh, setup),
+                    (setup.abstract, batch(bs, bsh), codebook, text), mesh,
+                    f"batch {bs}" + (f", {micro} microbatches" if micro > 1 else ""))
     eval_bs = min(bs // processes, 64) * processes
     evaluate = Program("eval step", jax.jit(partial(t2.eval_step, graph=setup.graph, config=config)),
                        (setup.abstract["params"], batch(eval_bs, _batch_spec(mesh, eval_bs)), codebook, text), mesh,

@@ -123,8 +123,9 @@ def nearest_code(
                                temperature=temperature)
     seed = None if gumbel_seed is None else jnp.asarray(gumbel_seed, jnp.uint32)
     axes = row_shard_axes(z_NxC.shape[0])
-    if axes:
-        idx_N, dist_N = _search_per_shard(search, z_NxC, codebook_KxC, seed, axes)
+    manual = _kernel_axes() if impl != "xla" else ()
+    if axes or manual:
+        idx_N, dist_N = _search_per_shard(search, z_NxC, codebook_KxC, seed, axes, manual)
     else:
         idx_N, dist_N = search(z_NxC, codebook_KxC, seed, 0)
     idx = idx_N.reshape(lead).astype(jnp.int32)
@@ -151,16 +152,28 @@ def row_shard_axes(n: int) -> tuple[str, ...]:
     return tuple(axes)
 
 
-def _search_per_shard(search, z_NxC, codebook_KxC, seed, axes):
-    """`search` on each shard's rows (z split over `axes`, codebook replicated), noise by global row."""
+def _kernel_axes() -> tuple[str, ...]:
+    """Every axis of the current mesh that is not manual yet, when it has more than one device: a Pallas kernel
+    must run inside a shard_map over all of them (XLA cannot partition a Mosaic or Triton kernel, not even
+    over an axis of size 1). () outside a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return ()
+    return tuple(a for a in mesh.axis_names if a not in set(mesh.manual_axes))
+
+
+def _search_per_shard(search, z_NxC, codebook_KxC, seed, axes, manual=()):
+    """`search` on each shard's rows (z split over `axes`, codebook replicated), noise by global row. The
+    shard_map is manual over `axes` and `manual` (a kernel's: all free axes; the rows are split over `axes`
+    only, the other axes compute the same rows)."""
 
     def local(z_nxC, e_KxC, *seed_arg):
-        offset = jax.lax.axis_index(axes) * z_nxC.shape[0]
+        offset = jax.lax.axis_index(axes) * z_nxC.shape[0] if axes else 0
         return search(z_nxC, e_KxC, seed_arg[0] if seed_arg else None, offset)
 
     args = (z_NxC, codebook_KxC) + (() if seed is None else (seed,))
     specs = (P(axes), P()) + (() if seed is None else (P(),))
-    return jax.shard_map(local, in_specs=specs, out_specs=(P(axes), P(axes)), axis_names=set(axes),
+    return jax.shard_map(local, in_specs=specs, out_specs=(P(axes), P(axes)), axis_names=set(axes) | set(manual),
                          check_vma=False)(*args)
 
 
