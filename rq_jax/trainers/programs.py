@@ -111,11 +111,11 @@ def stage2(config: ml_collections.ConfigDict, mesh: Mesh, *, text_rows: int = CC
 
 
 def grid_condition(config: ml_collections.ConfigDict, batch: int | None = None) -> tuple[int, tuple | None]:
-    """(batch, cond shape) of the trainer's sample grid (`trainers.rq_transformer.grid_rows`), or of `batch`
-    images."""
+    """(batch, cond shape) of one sampler call of the trainer's sample grid (`trainers.rq_transformer.grid_rows`,
+    sampled `grid_chunk` images at a time), or of `batch` images."""
     n = int(config.sample.num)
     rows = len(t2.grid_rows(config, int(config.model.get("num_classes", 0) or 0), 4))
-    total = batch or rows * n
+    total = batch or t2.grid_chunk(rows * n)
     if config.model.cond == "class":
         return total, (total,)
     if config.model.cond == "text":

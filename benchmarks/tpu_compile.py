@@ -1,0 +1,92 @@
+"""The RESULTS.md table of compiled TPU programs: `python -m rq_jax.compile_check` over the paper's configs.
+
+    python -m benchmarks.tpu_compile --out /tmp/tpu_compile          # every row (~3 min each on 2 cores)
+    python -m benchmarks.tpu_compile --only 1400m --out /tmp/tpu_compile
+
+Each row is one compile_check run in its own process (libtpu on PYTHONPATH, as `make` installs it in
+.venv/libtpu); its JSON lands in --out and the markdown table is printed at the end (rows already in
+--out are reused). Figures are compiled, not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FSDP = ("--config.mesh.shape.data=1", "--config.mesh.shape.fsdp=-1")
+# (name, config, topology, overrides, programs)
+ROWS = [
+    ("rqvae", "configs/rqvae/imagenet_8x8x4.py", "v5e-64", (), "train,eval"),
+    ("rqvae pallas", "configs/rqvae/imagenet_8x8x4.py", "v5e-64", ("--config.model.quantizer.impl=pallas",), "train"),
+    ("1400m", "configs/transformer/imagenet_1400m.py", "v5e-64", (), "train"),
+    ("1400m", "configs/transformer/imagenet_1400m.py", "v5e-64", FSDP, "train,eval,sample"),
+    ("1400m", "configs/transformer/imagenet_1400m.py", "v4-32", FSDP, "train,eval,sample"),
+    ("1400m", "configs/transformer/imagenet_1400m.py", "v5p-128", FSDP, "train,eval,sample"),
+    ("1400m", "configs/transformer/imagenet_1400m.py", "v5e-16", FSDP, "train"),
+    ("480m", "configs/transformer/imagenet_480m.py", "v5e-64", FSDP, "train,eval,sample"),
+    ("821m", "configs/transformer/imagenet_821m.py", "v5e-64", FSDP, "train,eval,sample"),
+    ("3800m", "configs/transformer/imagenet_3800m.py", "v5e-64", FSDP, "train,eval,sample"),
+    ("3800m", "configs/transformer/imagenet_3800m.py", "v5p-128", FSDP, "train"),
+    ("cc3m", "configs/transformer/cc3m.py", "v5e-64", FSDP, "train,sample"),
+    ("ffhq", "configs/transformer/ffhq.py", "v5e-64", FSDP, "train"),
+    ("lsun_cat", "configs/transformer/lsun_cat.py", "v5e-64", FSDP, "train"),
+    ("lsun_bedroom", "configs/transformer/lsun_bedroom.py", "v5e-64", FSDP, "train"),
+    ("lsun_church", "configs/transformer/lsun_church.py", "v5e-64", FSDP, "train"),
+    ("1400m sampler 100", "configs/transformer/imagenet_1400m.py", "v5e-1", ("--sample_batch=100",), "sample"),
+    ("1400m sampler 200", "configs/transformer/imagenet_1400m.py", "v5e-1", ("--sample_batch=200",), "sample"),
+    ("1400m sampler 500", "configs/transformer/imagenet_1400m.py", "v5e-1", ("--sample_batch=500",), "sample"),
+    ("1400m sampler 500", "configs/transformer/imagenet_1400m.py", "v6e-1", ("--sample_batch=500",), "sample"),
+]
+
+
+def run_row(i: int, row: tuple, out: pathlib.Path) -> dict:
+    name, config, topology, overrides, programs = row
+    path = out / f"{i:02d}.json"
+    if not path.exists():
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(sys.prefix) / "libtpu"), str(REPO)]))
+        cmd = [sys.executable, "-m", "rq_jax.compile_check", "--config", config, "--topology", topology,
+               "--programs", programs, "--json", str(path), *overrides]
+        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        print(p.stdout + p.stderr, flush=True)
+        if not path.exists():
+            path.write_text(json.dumps({"reports": [], "errors": [p.stderr.strip().splitlines()[-1:]]}))
+    result = json.loads(path.read_text())
+    result.update(name=name, config=config, topology=topology, mesh="fsdp" if overrides == FSDP else
+                  " ".join(o for o in overrides if o.startswith("--config")) or "data")
+    return result
+
+
+def markdown(results: list[dict]) -> str:
+    gib = 2**30
+    lines = ["| config | slice | mesh | program | memory/chip | fits | TFLOP/chip | roofline | bound | best util. |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        for rep in r["reports"]:
+            lines.append(f"| {r['name']} | {r['topology']} | {r['mesh']} | {rep['program']} ({rep['note']}) | "
+                         f"{rep['total'] / gib:.1f} GiB of {rep['hbm'] / gib:.0f} | {'yes' if rep['fits'] else 'no'} | "
+                         f"{rep['flops'] / 1e12:.2f} | {rep['roofline_s'] * 1e3:.1f} ms | {rep['bound']} | "
+                         f"{100 * rep['best_utilisation']:.0f}% |")
+        for e in r["errors"]:
+            e = e[0] if isinstance(e, list) and e else e
+            lines.append(f"| {r['name']} | {r['topology']} | {r['mesh']} | {e} | | no | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="/tmp/tpu_compile", help="folder of the per-row JSON files")
+    p.add_argument("--only", default="", help="rows whose name contains this")
+    a = p.parse_args(argv)
+    out = pathlib.Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = [run_row(i, row, out) for i, row in enumerate(ROWS) if a.only in row[0]]
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
