@@ -17,6 +17,9 @@ $(STAMP): setup.py
 	# tests/aot compile for TPU slices with it on PYTHONPATH, and CPU runs never start a TPU backend. jax[tpu]'s pin.
 	$(BIN)/pip install -q --no-deps --target $(VENV)/libtpu 'libtpu==0.0.42.*' || \
 	  echo "libtpu not installed: the TPU compile tests will be skipped"
+	# The CUDA plugin alone (183 MB, no CUDA libraries), beside the venv too: deviceless GPU compiles in tests/aot.
+	$(BIN)/pip install -q --no-deps --target $(VENV)/cuda_plugin 'jax-cuda12-plugin==0.10.2' 'jax-cuda12-pjrt==0.10.2' || \
+	  echo "jax CUDA plugin not installed: the GPU compile tests will be skipped"
 	touch $(STAMP)
 
 venv: $(STAMP)

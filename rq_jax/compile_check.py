@@ -1,11 +1,14 @@
 """`python -m rq_jax.compile_check --config configs/transformer/imagenet_1400m.py --topology v5e-64`.
 
-Before paying for a TPU slice: compiles the run's real programs (the train step, the evaluation step and
-the sample-grid sampler) for that slice with the TPU compiler, on this machine, no TPU needed (libtpu:
-`pip install "jax[tpu]==<jax version>"`). Prints, per device, the memory the compiler allocates against
-the chip's HBM, the FLOPs and HBM bytes of one call, the roofline time and the best FLOP utilisation that
-time allows. Config overrides work as in `train` (`--config.train.batch_size=1024`); `--num_slices 2`
-compiles for a multi-slice job (`config.mesh.dcn_shape`, default: the data axis across slices).
+Before paying for a TPU slice or GPUs: compiles the run's real programs (the train step, the evaluation
+step and the sample-grid sampler) for them with the TPU or GPU compiler, on this machine, no accelerator
+needed. TPU: libtpu (`pip install "jax[tpu]==<jax version>"`). GPUs (`--topology h100-8`): the CUDA
+plugin (`pip install jax-cuda12-plugin==<jax version> jax-cuda12-pjrt==<jax version>`).
+
+Prints, per device, the memory the compiler allocates against the chip's HBM, the FLOPs and HBM bytes of
+one call, the roofline time and the best FLOP utilisation that time allows. Config overrides work as in
+`train` (`--config.train.batch_size=1024`); `--num_slices 2` compiles for a multi-slice job
+(`config.mesh.dcn_shape`, default: the data axis across slices).
 
 Exit status 0 when every program compiles and fits; 1 (one line `error: ...` per program) when one does
 not; 2 for a bad topology name or flag. The figures are compiled, not run: see benchmarks/RESULTS.md.
@@ -27,7 +30,7 @@ PROGRAMS = ("train", "eval", "sample")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a .py with get_config(arg)).",
                                           lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: an accelerator type (v4-32, v5e-64, v5p-128, v6e-16) "
-                                "or a chip grid (v5e:16x16, v4:2x2x4).")
+                                "or a chip grid (v5e:16x16, v4:2x2x4); or GPUs (h100-8, a100-16: 8 per host).")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices of that topology (multi-slice over DCN).")
 _PROGRAMS = flags.DEFINE_list("programs", list(PROGRAMS), "Which programs to compile: train, eval, sample.")
 _SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 0, "Images per sampler call (0: the trainer's sample grid).")
@@ -79,10 +82,13 @@ def check(config, topology: str, *, num_slices: int = 1, programs: tuple[str, ..
     mesh = build_mesh(config, devices, num_slices)
     chip = tpu.chip
     across = f", slices per axis {slice_axes(config, num_slices)}" if num_slices > 1 else ""
-    print(f"{stage} on {tpu}, mesh {dict(mesh.shape)}{across}; jax {jax.__version__}, libtpu {topo.libtpu_version()}; "
+    compiler = f"libtpu {topo.libtpu_version()}" if chip.platform == "tpu" else \
+        f"jax-cuda12-plugin {topo.cuda_plugin_version()}"
+    print(f"{stage} on {tpu}, mesh {dict(mesh.shape)}{across}; jax {jax.__version__}, {compiler}; "
           f"compiled, not run", file=out)
+    usable = "" if chip.platform == "tpu" else f" ({chip.usable_bytes / topo.GiB:.1f} GiB for JAX's allocator)"
     print(f"{chip.name} per chip: {chip.peak_flops / 1e12:.0f} TFLOP/s bf16, {chip.hbm_bandwidth / 1e9:.0f} GB/s, "
-          f"{chip.hbm_bytes / topo.GiB:.0f} GiB HBM", file=out, flush=True)
+          f"{chip.hbm_bytes / topo.GiB:.1f} GiB HBM{usable}", file=out, flush=True)
     if stage == "rqvae":
         built = progs.stage1(config, mesh)
     else:
@@ -100,8 +106,7 @@ def check(config, topology: str, *, num_slices: int = 1, programs: tuple[str, ..
         reports.append(r)
         if not r.fits:
             errors.append(f"the {r.program} does not fit: it needs {r.total / topo.GiB:.1f} GiB per device and a "
-                          f"{chip.name} chip has {chip.hbm_bytes / topo.GiB:.0f} GiB ({r.note}, "
-                          f"{tpu.accelerator_type}).")
+                          f"{chip.name} has {r.hbm / topo.GiB:.1f} GiB for it ({r.note}, {tpu.accelerator_type}).")
     if reports:
         print(report.table(reports), file=out, flush=True)
     return reports, errors

@@ -35,7 +35,7 @@ class Report:
     aliased: float
     temps: float
     code: float
-    hbm: float           # the chip's HBM bytes
+    hbm: float           # the bytes a program may use on the chip (`Chip.usable_bytes`)
     flops: float         # per device per call
     bytes: float         # per device per call (matmul operands and results)
     compute_s: float
@@ -108,7 +108,7 @@ def analyse(program: Any, chip: Chip, hlo_dir: str | None = None) -> Report:
     return Report(
         program=program.name, note=program.note, devices=n, args=float(mem.argument_size_in_bytes),
         outputs=float(mem.output_size_in_bytes), aliased=float(getattr(mem, "alias_size_in_bytes", 0)),
-        temps=float(mem.temp_size_in_bytes), code=float(mem.generated_code_size_in_bytes), hbm=float(chip.hbm_bytes),
+        temps=float(mem.temp_size_in_bytes), code=float(mem.generated_code_size_in_bytes), hbm=chip.usable_bytes,
         flops=flops, bytes=nbytes, compute_s=flops / chip.peak_flops, memory_s=nbytes / chip.hbm_bandwidth,
         compile_s=time.perf_counter() - t0, lower_bound=cost.unknown_loops > 0,
     )

@@ -42,3 +42,21 @@ def test_chip_figures_are_the_documented_ones():
     assert topo.CHIPS["v5e"].peak_flops == 197e12 and topo.CHIPS["v5e"].hbm_bytes == 16 * topo.GiB
     assert topo.CHIPS["v4"].peak_flops == 275e12 and topo.CHIPS["v4"].hbm_bytes == 32 * topo.GiB
     assert topo.CHIPS["v5p"].peak_flops == 459e12 and topo.CHIPS["v5p"].hbm_bytes == 95 * topo.GiB
+
+
+@pytest.mark.parametrize("name, gpu, shape, plugin_topology", [
+    ("h100-8", "h100", (1, 8), "1x1x8"), ("a100-32", "a100", (4, 8), "1x4x8"), ("h200", "h200", (1, 1), "1x1x1"),
+])
+def test_gpu_names(name, gpu, shape, plugin_topology):
+    s = topo.parse(name)
+    assert (s.chip.name, s.chip.platform, s.shape, s.topology_name) == (gpu, "cuda", shape, plugin_topology)
+
+
+def test_gpu_target_config_carries_the_chip():
+    text = topo.gpu_target_config(topo.GPUS["a100"])
+    assert "major: 8 minor: 0" in text and "core_count: 108" in text and "A100" in text
+
+
+def test_gpu_count_must_fill_hosts():
+    with pytest.raises(topo.TopologyError, match="multiple of 8"):
+        topo.parse("h100-12")
