@@ -41,6 +41,12 @@ ROWS = [
     ("1400m sampler 200", "configs/transformer/imagenet_1400m.py", "v5e-1", ("--sample_batch=200",), "sample"),
     ("1400m sampler 500", "configs/transformer/imagenet_1400m.py", "v5e-1", ("--sample_batch=500",), "sample"),
     ("1400m sampler 500", "configs/transformer/imagenet_1400m.py", "v6e-1", ("--sample_batch=500",), "sample"),
+    # GPUs through the CUDA plugin (no GPU): the paper's 8 x A100 and its sampling figures on one A100.
+    ("1400m", "configs/transformer/imagenet_1400m.py", "a100-8", FSDP, "train,eval"),
+    ("1400m sampler 100", "configs/transformer/imagenet_1400m.py", "a100", ("--sample_batch=100",), "sample"),
+    ("1400m sampler 200", "configs/transformer/imagenet_1400m.py", "a100", ("--sample_batch=200",), "sample"),
+    ("1400m sampler 500", "configs/transformer/imagenet_1400m.py", "a100", ("--sample_batch=500",), "sample"),
+    ("rqvae pallas", "configs/rqvae/imagenet_8x8x4.py", "a100-8", ("--config.model.quantizer.impl=pallas",), "train"),
 ]
 
 
@@ -48,7 +54,8 @@ def run_row(i: int, row: tuple, out: pathlib.Path) -> dict:
     name, config, topology, overrides, programs = row
     path = out / f"{i:02d}.json"
     if not path.exists():
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(sys.prefix) / "libtpu"), str(REPO)]))
+        plugin = "libtpu" if topology.startswith("v") else "cuda_plugin"  # beside the venv, as `make` installs them
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(sys.prefix) / plugin), str(REPO)]))
         cmd = [sys.executable, "-m", "rq_jax.compile_check", "--config", config, "--topology", topology,
                "--programs", programs, "--json", str(path), *overrides]
         p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -61,6 +68,14 @@ def run_row(i: int, row: tuple, out: pathlib.Path) -> dict:
     return result
 
 
+def _roofline(rep: dict) -> str:
+    t = f"{rep['roofline_s'] * 1e3:.1f} ms" if rep["roofline_s"] < 1 else f"{rep['roofline_s']:.2f} s"
+    if rep["program"] == "sampler":
+        images = int(rep["note"].split()[1])
+        t += f" ({rep['roofline_s'] / images:.4f} s/image)"
+    return t
+
+
 def markdown(results: list[dict]) -> str:
     gib = 2**30
     lines = ["| config | slice | mesh | program | memory/chip | fits | TFLOP/chip | roofline | bound | best util. |",
@@ -69,7 +84,7 @@ def markdown(results: list[dict]) -> str:
         for rep in r["reports"]:
             lines.append(f"| {r['name']} | {r['topology']} | {r['mesh']} | {rep['program']} ({rep['note']}) | "
                          f"{rep['total'] / gib:.1f} GiB of {rep['hbm'] / gib:.0f} | {'yes' if rep['fits'] else 'no'} | "
-                         f"{rep['flops'] / 1e12:.2f} | {rep['roofline_s'] * 1e3:.1f} ms | {rep['bound']} | "
+                         f"{rep['flops'] / 1e12:.2f} | {_roofline(rep)} | {rep['bound']} | "
                          f"{100 * rep['best_utilisation']:.0f}% |")
         for e in r["errors"]:
             e = e[0] if isinstance(e, list) and e else e

@@ -9,9 +9,9 @@ drawn from the features, AdamW, the parameters' logical axes mapped by `rq_jax.s
 inputs on a mesh of fake devices, compiles it, and prints `compiled.memory_analysis()` per device:
 arguments (parameters + AdamW state + batch), outputs (aliased with the donated state) and temporaries
 (activations, gradients). With XLA_FLAGS=--xla_force_host_platform_device_count this runs on the CPU:
-the numbers are the CPU compiler's (layouts and fusion differ a little from TPU/GPU; bf16 matmuls may be
-upcast), a planning estimate rather than a measurement on the target. On a real slice, run it with the
-real devices (no flag) for the target compiler's figure.
+the numbers are the CPU compiler's (layouts and fusion differ from TPU/GPU; bf16 matmuls may be upcast), a
+planning estimate. For the target compiler's figure without the hardware, use `python -m rq_jax.compile_check`
+(libtpu / the CUDA plugin; benchmarks/tpu_compile.py has the paper's configs).
 
 Targets: devices, memory per device and the mesh (FSDP over all chips: parameters, gradients and
 optimizer state split 1/N; the batch over data x fsdp).
