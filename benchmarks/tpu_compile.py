@@ -1,6 +1,6 @@
 """The RESULTS.md table of compiled TPU programs: `python -m rq_jax.compile_check` over the paper's configs.
 
-    python -m benchmarks.tpu_compile --out /tmp/tpu_compile          # every row (~3 min each on 2 cores)
+    python -m benchmarks.tpu_compile --out /tmp/tpu_compile          # every row (2-20 min each on 2 cores)
     python -m benchmarks.tpu_compile --only 1400m --out /tmp/tpu_compile
 
 Each row is one compile_check run in its own process (libtpu on PYTHONPATH, as `make` installs it in
@@ -22,7 +22,6 @@ FSDP = ("--config.mesh.shape.data=1", "--config.mesh.shape.fsdp=-1")
 # (name, config, topology, overrides, programs)
 ROWS = [
     ("rqvae", "configs/rqvae/imagenet_8x8x4.py", "v5e-64", (), "train,eval"),
-    ("rqvae pallas", "configs/rqvae/imagenet_8x8x4.py", "v5e-64", ("--config.model.quantizer.impl=pallas",), "train"),
     ("1400m", "configs/transformer/imagenet_1400m.py", "v5e-64", (), "train"),
     ("1400m", "configs/transformer/imagenet_1400m.py", "v5e-64", FSDP, "train,eval,sample"),
     ("1400m", "configs/transformer/imagenet_1400m.py", "v4-32", FSDP, "train,eval,sample"),
@@ -46,13 +45,19 @@ ROWS = [
     ("1400m sampler 100", "configs/transformer/imagenet_1400m.py", "a100", ("--sample_batch=100",), "sample"),
     ("1400m sampler 200", "configs/transformer/imagenet_1400m.py", "a100", ("--sample_batch=200",), "sample"),
     ("1400m sampler 500", "configs/transformer/imagenet_1400m.py", "a100", ("--sample_batch=500",), "sample"),
-    ("rqvae pallas", "configs/rqvae/imagenet_8x8x4.py", "a100-8", ("--config.model.quantizer.impl=pallas",), "train"),
 ]
 
 
-def run_row(i: int, row: tuple, out: pathlib.Path) -> dict:
+def row_file(row: tuple) -> str:
+    """The JSON file name of a row (its name, slice, mesh and programs)."""
+    name, _, topology, overrides, programs = row
+    mesh = "fsdp" if overrides == FSDP else "default"
+    return "_".join([name.replace(" ", "-"), topology, mesh, programs.replace(",", "-")]) + ".json"
+
+
+def run_row(row: tuple, out: pathlib.Path) -> dict:
     name, config, topology, overrides, programs = row
-    path = out / f"{i:02d}.json"
+    path = out / row_file(row)
     if not path.exists():
         plugin = "libtpu" if topology.startswith("v") else "cuda_plugin"  # beside the venv, as `make` installs them
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(sys.prefix) / plugin), str(REPO)]))
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = [run_row(i, row, out) for i, row in enumerate(ROWS) if a.only in row[0]]
+    results = [run_row(row, out) for row in ROWS if a.only in row[0]]
     print(markdown(results))
 
 
