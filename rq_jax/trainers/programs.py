@@ -80,9 +80,9 @@ def stage2(config: ml_collections.ConfigDict, mesh: Mesh, *, text_rows: int = CC
     """The RQ-Transformer train step, its validation step and the sample-grid sampler on `mesh`.
 
     `text_rows`: captions in the token table of a text-conditioned run (CC-3M's by default). The sampler is
-    compiled as the trainer runs it: over the mesh on one process; on several, on one device of each process
-    with the parameters gathered there (`trainers.rq_transformer.sample_grid`). `sample_batch` replaces the
-    grid's batch (throughput tables).
+    compiled as the trainer runs it (`trainers.rq_transformer.sample_grid`): over the mesh; on several CPU
+    processes, on one device of each with the parameters gathered there. `sample_batch` replaces the grid's
+    batch (throughput tables).
     """
     tc = config.train
     tx, _ = t2.make_optimizer(tc, 1000)
@@ -127,10 +127,10 @@ def sampler(config: ml_collections.ConfigDict, setup: Any, mesh: Mesh, text: Any
     """The sample-grid sampler (see `stage2`)."""
     n, cond_shape = grid_condition(config, batch)
     where = "the mesh"
-    if _num_processes(mesh) > 1:  # the trainer gathers the parameters onto each process's first device
+    if t2.gather_for_grid(mesh.devices.flat[0].platform, _num_processes(mesh)):  # as the trainer does on CPU hosts
         mesh = jax.make_mesh((1,), ("data",), devices=[mesh.devices.flat[0]],
                              axis_types=(jax.sharding.AxisType.Auto,))
-        where = "one device (parameters gathered, as on several processes)"
+        where = "one device (parameters gathered, as on several CPU processes)"
         state_sh = sharding.replicated(mesh)
         params = jax.tree.map(lambda a: _sds(a.shape, a.dtype, state_sh), setup.abstract["params"])
     else:

@@ -312,37 +312,60 @@ def grid_chunk(batch: int) -> int:
     return max(d for d in range(1, min(batch, GRID_CHUNK) + 1) if batch % d == 0)
 
 
-def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray:
-    """[rows, H, W, 3] images: one row per class, per caption (text) or one unconditional row.
+def gather_for_grid(platform: str, process_count: int) -> bool:
+    """Whether the sample grid gathers the parameters onto one device per process (see `sample_grid`)."""
+    return process_count > 1 and platform == "cpu"
 
-    On one process the sampler runs over the parameters where they are (the mesh). On several, every process
-    must call this: the parameters are first gathered onto each process's first device and every process then
-    samples and decodes the same grid on its own, without communicating. Why: the sampler is a sequential loop
-    over the T positions, and with the parameters sharded across processes (FSDP) every step all-reduces partial
-    results between the processes: on CPU hosts (gloo over TCP) the runlocal model's 16x16x4 grid made 256
-    iterations x 48 all-reduces, 35-95 s per grid, which looked like a hang in the gather after `sample_codes`.
-    The local copy costs the parameters once more in memory (not the optimizer state), as the one-device
-    `python -m rq_jax.sample` does."""
+
+def _replicated(x: Any, like: Any) -> Any:
+    """A host value (the same on every process) as a replicated global array on `like`'s mesh, or as it is."""
+    mesh = getattr(getattr(like, "sharding", None), "mesh", None)
+    if not isinstance(mesh, jax.sharding.Mesh):
+        return jnp.asarray(x)
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_replicated(jax.random.key_data(x), like))
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(x))
+
+
+def _host(x: Any) -> np.ndarray:
+    """A replicated or fully addressable array as numpy on this process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(process_local_copy(x))
+    return np.asarray(x)
+
+
+def sample_grid(model, codebook_KxC, decoder, config, rng, num_classes: int, text_table) -> np.ndarray:
+    """[rows, H, W, 3] images: one row per class, per caption (text) or one unconditional row, sampled
+    `grid_chunk` images at a time.
+
+    The sampler runs over the parameters where they are (the mesh; with several processes, every process must
+    call this and receives the whole grid). Except on CPU hosts with several processes: there the parameters
+    are first gathered onto each process's first device and every process samples and decodes the same grid on
+    its own, without communicating. Why: the sampler is a sequential loop over the T positions, and with the
+    parameters sharded across processes (FSDP) every step all-reduces partial results between the processes:
+    over gloo/TCP the runlocal model's 16x16x4 grid made 256 iterations x 48 all-reduces, 35-95 s per grid. On
+    TPU and GPU the gathered copy does not fit: the 1.4B model's parameters and one 64-image chunk need 15.8 GB
+    on one v5e chip (`rq_jax.compile_check`), while over the mesh they stay sharded."""
     n = int(config.sample.num)
     if config.model.cond == "class":
-        cond = jnp.asarray(np.repeat(grid_rows(config, num_classes, 0), n), jnp.int32)
+        cond = np.repeat(grid_rows(config, num_classes, 0), n).astype(np.int32)
     elif config.model.cond == "text":
         rows = grid_rows(config, 0, len(text_table) - 1)
-        cond = jnp.asarray(np.repeat(np.asarray(text_table)[rows], n, axis=0))
+        cond = np.repeat(_host(text_table)[rows], n, axis=0)
     else:
         cond = None
     batch = n if cond is None else int(cond.shape[0])
-    if jax.process_count() > 1:
+    if gather_for_grid(jax.default_backend(), jax.process_count()):
         graph, state = nnx.split(model)
         state, codebook_KxC = process_local_copy((state, codebook_KxC))
         model = nnx.merge(graph, state)
     chunk = grid_chunk(batch)
     parts = []
     for i, start in enumerate(range(0, batch, chunk)):  # one compiled program: every chunk has `chunk` images
-        part = None if cond is None else cond[start:start + chunk]
-        key = rng if chunk == batch else jax.random.fold_in(rng, i)
-        parts.append(np.asarray(sample_codes(model, codebook_KxC, part, key, batch=chunk, cfg=sampling_config(config))))
-    codes = np.concatenate(parts)  # one process: the mesh's fully addressable result; several: this process's own
+        part = None if cond is None else _replicated(cond[start:start + chunk], codebook_KxC)
+        key = _replicated(rng if chunk == batch else jax.random.fold_in(rng, i), codebook_KxC)
+        parts.append(_host(sample_codes(model, codebook_KxC, part, key, batch=chunk, cfg=sampling_config(config))))
+    codes = np.concatenate(parts)
     images = np.asarray(decoder.decode(jnp.asarray(codes)))  # the decoder lives on one device
     return images.reshape(-1, n, *images.shape[1:])
 
