@@ -157,3 +157,18 @@ def parse_flags(argv: list[str]) -> list[str]:
             raise
         print(f"error: {config_error(e, argv)}", file=sys.stderr)
         sys.exit(2)
+
+
+def loaded_config(config_flag: Any) -> Any:
+    """The value of a `config_flags` flag (None when not given). A file that failed to load is a placeholder
+    that raises on first use: that prints one line `error: ...` and exits 2 (`--debug`: the traceback)."""
+    try:
+        config = config_flag.value
+        if config is not None:
+            config.get("stage", None)
+    except Exception as e:  # noqa: BLE001 - loading runs the config file: any failure is a config error
+        if debug_requested(sys.argv[1:]):
+            raise
+        print(f"error: {config_error(e, sys.argv)}", file=sys.stderr)
+        sys.exit(2)
+    return config

@@ -114,7 +114,7 @@ def check(config, topology: str, *, num_slices: int = 1, programs: tuple[str, ..
 
 def main(argv: list[str]) -> int:
     del argv
-    config = _CONFIG.value
+    config = cli.loaded_config(_CONFIG)  # a config file that fails to load: one line, exit 2
     if config is None or not _TOPOLOGY.value:
         raise cli.UsageError("usage: python -m rq_jax.compile_check --config configs/transformer/imagenet_1400m.py "
                              "--topology v5e-64")
@@ -134,15 +134,6 @@ def main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> None:
     del argv
-    try:
-        config = _CONFIG.value  # a file that failed to load raises on first use
-        if config is not None:
-            config.get("stage", None)
-    except Exception as e:  # noqa: BLE001 - loading runs the config file: any failure is a config error
-        if cli.debug_requested(sys.argv[1:]):
-            raise
-        print(f"error: {cli.config_error(e, sys.argv)}", file=sys.stderr)
-        sys.exit(2)
     cli.run(main, sys.argv[1:], compilation_cache=False)
 
 

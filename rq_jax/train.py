@@ -59,15 +59,7 @@ def train(config, workdir: str) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    try:
-        config = _CONFIG.value  # a file that failed to load is a placeholder that raises on first use
-        if config is not None:
-            config.get("stage", None)
-    except Exception as e:  # noqa: BLE001 - loading runs the config file: any failure is a config error
-        if cli.debug_requested(sys.argv[1:]):
-            raise
-        print(f"error: {cli.config_error(e, sys.argv)}", file=sys.stderr)
-        sys.exit(2)
+    config = cli.loaded_config(_CONFIG)
     if config is None or not _WORKDIR.value:
         print("error: usage: python -m rq_jax.train --config configs/rqvae/demo.py --workdir /tmp/rqvae_demo",
               file=sys.stderr)

@@ -172,28 +172,26 @@ def parse(name: str, num_slices: int = 1) -> Slice:
     return Slice(chip, shape, num_slices)
 
 
-def libtpu_version() -> str | None:
-    """The installed libtpu's version, or None when it is not installed."""
+def _installed_version(*dists: str) -> str | None:
+    """The version of the first of `dists` that is installed, or None."""
     from importlib import metadata
 
-    for dist in ("libtpu", "libtpu-nightly"):
+    for dist in dists:
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def libtpu_version() -> str | None:
+    """The installed libtpu's version, or None when it is not installed."""
+    return _installed_version("libtpu", "libtpu-nightly")
 
 
 def cuda_plugin_version() -> str | None:
     """The installed jax CUDA plugin's version, or None."""
-    from importlib import metadata
-
-    for dist in ("jax-cuda12-plugin", "jax-cuda13-plugin"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    return _installed_version("jax-cuda12-plugin", "jax-cuda13-plugin")
 
 
 def gpu_target_config(chip: Chip) -> str:

@@ -107,7 +107,7 @@ def stage2(config: ml_collections.ConfigDict, mesh: Mesh, *, text_rows: int = CC
     evaluate = Program("eval step", jax.jit(partial(t2.eval_step, graph=setup.graph, config=config)),
                        (setup.abstract["params"], batch(eval_bs, _batch_spec(mesh, eval_bs)), codebook, text), mesh,
                        f"batch {eval_bs}")
-    return [train, evaluate, sampler(config, setup, mesh, text, sample_batch)]
+    return [train, evaluate, sampler(config, setup, mesh, sample_batch)]
 
 
 def grid_condition(config: ml_collections.ConfigDict, batch: int | None = None) -> tuple[int, tuple | None]:
@@ -123,7 +123,7 @@ def grid_condition(config: ml_collections.ConfigDict, batch: int | None = None) 
     return (batch or n), None
 
 
-def sampler(config: ml_collections.ConfigDict, setup: Any, mesh: Mesh, text: Any, batch: int | None) -> Program:
+def sampler(config: ml_collections.ConfigDict, setup: Any, mesh: Mesh, batch: int | None) -> Program:
     """The sample-grid sampler (see `stage2`)."""
     n, cond_shape = grid_condition(config, batch)
     where = "the mesh"
