@@ -20,6 +20,7 @@ from rq_jax import sharding
 from rq_jax.sampling import jit_sampler
 from rq_jax.trainers import rq_transformer as t2
 from rq_jax.trainers import rqvae as t1
+from rq_jax.trainers import sample_grid as grid
 
 # Captions of CC-3M's training split: rows of the text-token table a text-conditioned step holds on every device.
 CC3M_CAPTIONS = 3_318_333
@@ -80,7 +81,7 @@ def stage2(config: ml_collections.ConfigDict, mesh: Mesh, *, text_rows: int = CC
     """The RQ-Transformer train step, its validation step and the sample-grid sampler on `mesh`.
 
     `text_rows`: captions in the token table of a text-conditioned run (CC-3M's by default). The sampler is
-    compiled as the trainer runs it (`trainers.rq_transformer.sample_grid`): over the mesh; on several CPU
+    compiled as the trainer runs it (`trainers.sample_grid.sample_grid`): over the mesh; on several CPU
     processes, on one device of each with the parameters gathered there. `sample_batch` replaces the grid's
     batch (throughput tables).
     """
@@ -111,11 +112,11 @@ def stage2(config: ml_collections.ConfigDict, mesh: Mesh, *, text_rows: int = CC
 
 
 def grid_condition(config: ml_collections.ConfigDict, batch: int | None = None) -> tuple[int, tuple | None]:
-    """(batch, cond shape) of one sampler call of the trainer's sample grid (`trainers.rq_transformer.grid_rows`,
+    """(batch, cond shape) of one sampler call of the trainer's sample grid (`trainers.sample_grid.grid_rows`,
     sampled `grid_chunk` images at a time), or of `batch` images."""
     n = int(config.sample.num)
-    rows = len(t2.grid_rows(config, int(config.model.get("num_classes", 0) or 0), 4))
-    total = batch or t2.grid_chunk(rows * n)
+    rows = len(grid.grid_rows(config, int(config.model.get("num_classes", 0) or 0), 4))
+    total = batch or grid.grid_chunk(rows * n)
     if config.model.cond == "class":
         return total, (total,)
     if config.model.cond == "text":
@@ -127,7 +128,7 @@ def sampler(config: ml_collections.ConfigDict, setup: Any, mesh: Mesh, batch: in
     """The sample-grid sampler (see `stage2`)."""
     n, cond_shape = grid_condition(config, batch)
     where = "the mesh"
-    if t2.gather_for_grid(mesh.devices.flat[0].platform, _num_processes(mesh)):  # as the trainer does on CPU hosts
+    if grid.gather_for_grid(mesh.devices.flat[0].platform, _num_processes(mesh)):  # as the trainer does on CPU hosts
         mesh = jax.make_mesh((1,), ("data",), devices=[mesh.devices.flat[0]],
                              axis_types=(jax.sharding.AxisType.Auto,))
         where = "one device (parameters gathered, as on several CPU processes)"
@@ -139,5 +140,5 @@ def sampler(config: ml_collections.ConfigDict, setup: Any, mesh: Mesh, batch: in
     codebook = _sds((config.model.vocab_size, config.model.embed_dim), jnp.float32, repl)
     cond = None if cond_shape is None else _sds(cond_shape, jnp.int32, repl)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=repl)
-    fn = jit_sampler(setup.graph, batch=n, cfg=t2.sampling_config(config))
+    fn = jit_sampler(setup.graph, batch=n, cfg=grid.sampling_config(config))
     return Program("sampler", fn, (params, codebook, cond, rng), mesh, f"batch {n} on {where}")

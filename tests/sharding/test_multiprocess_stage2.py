@@ -2,7 +2,7 @@
 (each writing its own shards of one dataset), then the real training CLI in two local processes (two fake CPU
 devices each, gloo), FSDP
 over all four devices, with the evaluation and the sample grid at every step (the grid at step 1, right after
-an evaluation: what used to look like a hang, see `rq_jax.trainers.rq_transformer.sample_grid`), a checkpoint
+an evaluation: what used to look like a hang, see `rq_jax.trainers.sample_grid.sample_grid`), a checkpoint
 at every step, and a restart of both processes from the step-1 checkpoint that reaches the uninterrupted run's
 step-2 state bit for bit.
 
